@@ -1,0 +1,98 @@
+//! `hadrill plan`: the selected cases, the faults each would inject, where, and how each is
+//! reverted. Reads the target's configuration; contacts nothing and changes nothing.
+
+use super::{load_suites, require_selection, target, Global};
+use crate::exit::{Code, Fatal};
+use crate::runner::{self, Selection};
+use crate::suite::{FaultSpec, MemberRole, PartitionSide, StopSignal};
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub sel: Selection,
+}
+
+pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
+    let resolved = target::resolve(g)?;
+    let suites = load_suites(g, Some(&resolved.config))?;
+    require_selection(&suites, &args.sel)?;
+    let rt = super::runtime()?;
+    let t = rt.block_on(target::build(&resolved, None)).ok();
+    let access = match t.as_ref().and_then(|t| t.rig.as_ref()) {
+        Some(r) => format!("local node access on rig {}", r.dir.display()),
+        None => "the target's node access".to_string(),
+    };
+    match &t {
+        Some(t) => {
+            println!("target: {}", t.label);
+            for (k, v) in &t.facts {
+                println!("  {k}: {v}");
+            }
+        }
+        None => println!("target: (none configured; plan shows the cases only)"),
+    }
+    println!();
+    let mut faults = 0;
+    for (s, c) in runner::selected(&suites, &args.sel) {
+        let tag = if c.disruptive { " [disruptive]" } else { " [read-only]" };
+        println!("{}::{}{tag}  {}", s.suite, c.name, c.description);
+        for f in c.faults() {
+            faults += 1;
+            println!("    inject: {} via {access}", describe(f));
+            println!("    revert: {}", revert(f));
+        }
+    }
+    println!("\n{faults} fault(s) would be injected; every one is journaled in the ledger before it is applied.");
+    Ok(Code::Ok)
+}
+
+fn role(r: MemberRole, count: usize) -> String {
+    let who = match r {
+        MemberRole::Leader => "the etcd leader",
+        MemberRole::Follower => "etcd follower(s)",
+        MemberRole::Any => "etcd member(s)",
+    };
+    if count == 1 && r == MemberRole::Leader {
+        format!("{who} (chosen at injection)")
+    } else {
+        format!("{count} {who} (chosen at injection)")
+    }
+}
+
+/// One line: what a fault does.
+pub fn describe(f: &FaultSpec) -> String {
+    match f {
+        FaultSpec::MemberKill { role: r, count, signal } => format!(
+            "{} {}",
+            match signal {
+                StopSignal::Kill => "SIGKILL",
+                StopSignal::Term => "SIGTERM",
+            },
+            role(*r, *count)
+        ),
+        FaultSpec::MemberPause { role: r, count } => format!("SIGSTOP {}", role(*r, *count)),
+        FaultSpec::Partition { isolate, dead_man } => format!(
+            "drop peer traffic both ways around {} (iptables in their namespaces, dead-man timer {}s)",
+            match isolate {
+                PartitionSide::Leader => "the leader alone".to_string(),
+                PartitionSide::LeaderMinority => "the leader and a minority".to_string(),
+                PartitionSide::Followers(n) => format!("{n} follower(s)"),
+                PartitionSide::FollowerMajority => "a majority of followers".to_string(),
+            },
+            dead_man.as_secs()
+        ),
+        FaultSpec::PeerLatency { role: r, count, delay, .. } => {
+            format!("add {} ms latency (tc netem) to the peer traffic of {}", delay.as_millis(), role(*r, *count))
+        }
+    }
+}
+
+/// One line: how it is reverted.
+pub fn revert(f: &FaultSpec) -> String {
+    match f {
+        FaultSpec::MemberKill { .. } => "restart the member with its flags and data directory".into(),
+        FaultSpec::MemberPause { .. } => "SIGCONT".into(),
+        FaultSpec::Partition { .. } => "delete the rules (or the dead-man timer does, if hadrill dies)".into(),
+        FaultSpec::PeerLatency { .. } => "delete the netem qdisc (or the dead-man timer does)".into(),
+    }
+}

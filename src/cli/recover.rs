@@ -1,0 +1,65 @@
+//! `hadrill recover`: revert, newest first, every fault the ledger still holds from runs that
+//! are no longer alive.
+
+use super::Global;
+use crate::exit::{Code, Fatal};
+use crate::fault::Ledger;
+
+#[derive(Debug, clap::Args)]
+pub struct RecoverArgs {
+    /// Only list what would be reverted.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also revert faults of runs that still seem alive.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
+    let dir = g.ledger.clone().unwrap_or_else(Ledger::default_dir);
+    let ledger = Ledger::open(&dir).map_err(|e| Fatal::usage(e.to_string()))?;
+    let entries = ledger.entries().map_err(|e| Fatal::usage(e.to_string()))?;
+    if entries.is_empty() {
+        println!("hadrill recover: the ledger {} holds no fault: nothing to revert", dir.display());
+        return Ok(Code::Ok);
+    }
+    let rt = super::runtime()?;
+    let mut failed = 0;
+    let mut reverted = 0;
+    for e in entries.into_iter().rev() {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                failed += 1;
+                println!("cannot read: {err}");
+                continue;
+            }
+        };
+        if e.owner_alive() && !args.force {
+            println!("left alone (run {} is still alive as pid {}): {}", e.run_id, e.pid, e.description);
+            continue;
+        }
+        if args.dry_run {
+            println!("would revert: {} → {}", e.description, e.revert);
+            continue;
+        }
+        match rt.block_on(e.fault.revert()) {
+            Ok(()) => match ledger.remove(&e.id) {
+                Ok(()) => {
+                    reverted += 1;
+                    println!("reverted: {} ({})", e.description, e.revert);
+                }
+                Err(err) => {
+                    failed += 1;
+                    println!("reverted but the ledger entry stays: {err}");
+                }
+            },
+            Err(err) => {
+                failed += 1;
+                println!("revert FAILED: {}: {}", e.description, crate::exit::chain(&err));
+            }
+        }
+    }
+    println!("hadrill recover: {reverted} reverted, {failed} failed");
+    Ok(if failed > 0 { Code::Failed } else { Code::Ok })
+}

@@ -1,0 +1,57 @@
+//! The exit codes and the one-line errors a user sees.
+//!
+//! 0: every case passed or was skipped; 1: a case failed; 2: usage or configuration error
+//! (nothing was injected); 3: the target could not be reached. No error path panics.
+
+use std::fmt;
+
+/// What the process exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Ok = 0,
+    Failed = 1,
+    Usage = 2,
+    Unreachable = 3,
+}
+
+/// An error that ends the command with one readable line and a distinct exit code.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Fatal {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self { code: Code::Usage, message: message.into() }
+    }
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self { code: Code::Unreachable, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self { code: Code::Failed, message: message.into() }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// Renders an error and its sources on one line: "what: why: deeper why".
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out.replace('\n', " ")
+}

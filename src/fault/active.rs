@@ -1,0 +1,109 @@
+//! The active faults of this process and the gate that lets a signal handler revert them all
+//! without racing an inject or a revert in flight.
+
+use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::RwLock;
+
+use super::{Fault, FaultError, Ledger};
+
+struct Active {
+    id: String,
+    fault: Fault,
+    ledger: Ledger,
+}
+
+static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
+/// Injects and reverts hold it shared; the shutdown path takes it exclusively (and keeps it).
+static GATE: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+fn active() -> std::sync::MutexGuard<'static, Vec<Active>> {
+    ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether shutdown has begun (no new fault will be injected).
+pub fn is_cancelled() -> bool {
+    CANCELLED.load(Ordering::SeqCst)
+}
+
+/// A fault in force. Dropping it does not revert it (`Drop` cannot await): call
+/// [`FaultGuard::revert`]; the runner keeps guards on a reverse-order stack.
+#[must_use = "an injected fault must be reverted: keep the guard and call revert()"]
+#[derive(Debug)]
+pub struct FaultGuard {
+    id: String,
+    description: String,
+}
+
+impl FaultGuard {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Reverts the fault and clears its ledger entry. If the shutdown path already reverted
+    /// it, this does nothing. On failure the ledger entry stays for `hadrill recover`.
+    pub async fn revert(self) -> Result<(), FaultError> {
+        revert_id(&self.id).await
+    }
+}
+
+/// Journals `fault` in `ledger`, then applies it. If applying fails, whatever part of it took
+/// effect is reverted before the error is returned.
+pub async fn inject(ledger: &Ledger, fault: Fault) -> Result<FaultGuard, FaultError> {
+    let _gate = GATE.read().await;
+    if is_cancelled() {
+        return Err(FaultError::Cancelled);
+    }
+    let entry = ledger.write(&fault)?;
+    active().push(Active { id: entry.id.clone(), fault: fault.clone(), ledger: ledger.clone() });
+    match fault.apply().await {
+        Ok(()) => Ok(FaultGuard { id: entry.id, description: entry.description }),
+        Err(e) => {
+            if let Some(a) = take(&entry.id) {
+                if a.fault.revert().await.is_ok() {
+                    let _ = a.ledger.remove(&a.id);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn take(id: &str) -> Option<Active> {
+    let mut list = active();
+    let pos = list.iter().position(|a| a.id == id)?;
+    Some(list.remove(pos))
+}
+
+async fn revert_id(id: &str) -> Result<(), FaultError> {
+    let _gate = GATE.read().await;
+    let Some(a) = take(id) else { return Ok(()) };
+    a.fault.revert().await?;
+    a.ledger.remove(&a.id)?;
+    Ok(())
+}
+
+/// Reverts every active fault, newest first, and refuses any new inject from now on. Waits
+/// for injects and reverts in flight to finish first. Returns one line per fault.
+pub async fn revert_all_active() -> Vec<(String, Result<(), FaultError>)> {
+    let gate = GATE.write().await;
+    CANCELLED.store(true, Ordering::SeqCst);
+    let all: Vec<Active> = std::mem::take(&mut *active());
+    let mut out = Vec::new();
+    for a in all.into_iter().rev() {
+        let mut res = a.fault.revert().await;
+        if res.is_ok() {
+            res = a.ledger.remove(&a.id).map_err(Into::into);
+        }
+        out.push((a.fault.describe(), res));
+    }
+    // the gate stays closed: the process is about to exit
+    std::mem::forget(gate);
+    out
+}

@@ -1,0 +1,99 @@
+//! The kinds of fault: each knows how to apply itself, how to revert itself from its stored
+//! form alone, and how to describe both in one line for `plan`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::{process, FaultError};
+use crate::suite::StopSignal;
+
+/// A fault, as injected and as stored in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGSTOP a process of this machine; revert sends SIGCONT.
+    Pause { what: String, pid: i32, start_time: u64 },
+    /// Stop a rig member's etcd; revert starts it again with the same flags and data.
+    StopMember { rig_dir: PathBuf, member: String, pid: i32, start_time: u64, signal: StopSignal },
+    /// The rig that `hadrill run --rig` started for itself; revert removes it.
+    EphemeralRig { rig_dir: PathBuf },
+}
+
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Fault {
+    /// What the fault does and where, one line.
+    pub fn describe(&self) -> String {
+        match self {
+            Fault::Pause { what, pid, .. } => format!("pause {what} (SIGSTOP pid {pid})"),
+            Fault::StopMember { member, pid, signal, rig_dir, .. } => format!(
+                "stop etcd member {member} of rig {} ({} pid {pid})",
+                rig_dir.display(),
+                match signal {
+                    StopSignal::Kill => "SIGKILL",
+                    StopSignal::Term => "SIGTERM",
+                }
+            ),
+            Fault::EphemeralRig { rig_dir } => format!("local rig {} started for this run", rig_dir.display()),
+        }
+    }
+
+    /// How it will be reverted, one line.
+    pub fn revert_plan(&self) -> String {
+        match self {
+            Fault::Pause { pid, .. } => format!("SIGCONT pid {pid}"),
+            Fault::StopMember { member, .. } => format!("restart {member} with its flags and data directory"),
+            Fault::EphemeralRig { rig_dir } => format!("rig down {}", rig_dir.display()),
+        }
+    }
+
+    pub(super) async fn apply(&self) -> Result<(), FaultError> {
+        let fail = |m: String| FaultError::Apply { what: self.describe(), message: m };
+        match self {
+            Fault::Pause { pid, start_time, .. } => {
+                if !process::signal(*pid, *start_time, Signal::SIGSTOP).map_err(fail)? {
+                    return Err(fail(format!("process {pid} is not running")));
+                }
+                if !process::wait_stopped(*pid, *start_time, STOP_DEADLINE).await {
+                    return Err(fail(format!("process {pid} did not stop within {STOP_DEADLINE:?}")));
+                }
+                Ok(())
+            }
+            Fault::StopMember { pid, start_time, signal, .. } => {
+                let sig = match signal {
+                    StopSignal::Kill => Signal::SIGKILL,
+                    StopSignal::Term => Signal::SIGTERM,
+                };
+                if !process::signal(*pid, *start_time, sig).map_err(fail)? {
+                    return Err(fail(format!("process {pid} is not running")));
+                }
+                if !process::wait_gone(*pid, *start_time, STOP_DEADLINE).await {
+                    return Err(fail(format!("process {pid} still runs {STOP_DEADLINE:?} after the signal")));
+                }
+                Ok(())
+            }
+            // The rig is started by the caller; the entry only records that it must go.
+            Fault::EphemeralRig { .. } => Ok(()),
+        }
+    }
+
+    /// Reverts from the stored form alone. Reverting what is already reverted succeeds.
+    pub async fn revert(&self) -> Result<(), FaultError> {
+        let fail = |m: String| FaultError::Revert { what: self.describe(), message: m };
+        match self {
+            Fault::Pause { pid, start_time, .. } => {
+                process::signal(*pid, *start_time, Signal::SIGCONT).map_err(fail)?;
+                Ok(())
+            }
+            Fault::StopMember { rig_dir, member, .. } => {
+                crate::rig::restart_member(rig_dir, member).await.map_err(|e| fail(crate::exit::chain(&e)))
+            }
+            Fault::EphemeralRig { rig_dir } => {
+                crate::rig::down(rig_dir).await.map(|_| ()).map_err(|e| fail(crate::exit::chain(&e)))
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The typed model of a suite file: cases, requirements, steps, faults, probes and checks.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One suite file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    /// Short name, used as the trial prefix: `topology::member_count`.
+    pub suite: String,
+    pub description: String,
+    pub cases: Vec<Case>,
+}
+
+/// One case: what it needs, what it does, what it asserts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    /// One line, shown by `hadrill list`.
+    pub description: String,
+    /// Injects faults: runs only with `--allow-disruption` (or on the rig), one at a time.
+    #[serde(default)]
+    pub disruptive: bool,
+    /// Not run unless `--ignored` or `--include-ignored` is given, like `#[ignore = "…"]`.
+    #[serde(default)]
+    pub ignore: Option<String>,
+    /// Preconditions: when one does not hold the case is skipped with the reason.
+    #[serde(default)]
+    pub requires: Vec<Requirement>,
+    pub steps: Vec<Step>,
+}
+
+/// A precondition on the target.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Requirement {
+    /// An etcd cluster reachable with client credentials.
+    Etcd,
+    /// At least this many etcd members.
+    EtcdMembers { min: usize },
+    /// Exactly this many etcd members.
+    EtcdMembersExactly(usize),
+    /// Node access that can signal and restart etcd members (the rig's `local` access).
+    MemberProcessAccess,
+    /// Members in network namespaces of their own, so packets can be dropped between them.
+    MemberNetworkIsolation,
+    /// A Kubernetes API through a kubeconfig.
+    Kubernetes,
+}
+
+/// A step of a case, run in order. Faults injected by earlier steps stay until a `heal` step
+/// or the end of the case, whichever comes first; they are reverted even when a step fails.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Start a background probe; it runs until the end of the case.
+    Probe(ProbeSpec),
+    /// Inject a fault (journaled first, reverted at `heal` or at the end).
+    Inject(FaultSpec),
+    /// Wait for a condition, bounded by a deadline; failing to see it fails the case.
+    Await(AwaitSpec),
+    /// Assert something; a failed check fails the case, later steps still revert faults.
+    Check(CheckSpec),
+    /// Revert every fault injected so far, in reverse order.
+    Heal,
+}
+
+/// Which member a fault is aimed at, resolved at the moment of injection.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Leader,
+    Follower,
+    Any,
+}
+
+/// How a member process is stopped.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StopSignal {
+    #[default]
+    Kill,
+    Term,
+}
+
+/// A fault to inject.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultSpec {
+    /// Stop etcd member processes (SIGKILL by default); revert restarts them on their data.
+    MemberKill {
+        role: MemberRole,
+        #[serde(default = "one")]
+        count: usize,
+        #[serde(default)]
+        signal: StopSignal,
+    },
+    /// Freeze member processes with SIGSTOP; revert sends SIGCONT.
+    MemberPause {
+        role: MemberRole,
+        #[serde(default = "one")]
+        count: usize,
+    },
+    /// Drop the peer traffic of the chosen members in both directions.
+    Partition {
+        /// Members cut off together, chosen by role at injection.
+        isolate: PartitionSide,
+        /// The dead-man timer: the rules remove themselves after this long even if hadrill
+        /// dies.
+        #[serde(default = "default_dead_man", with = "humantime_serde")]
+        dead_man: Duration,
+    },
+    /// Delay the peer traffic of the chosen members (tc netem).
+    PeerLatency {
+        role: MemberRole,
+        #[serde(default = "one")]
+        count: usize,
+        #[serde(with = "humantime_serde")]
+        delay: Duration,
+        #[serde(default = "default_dead_man", with = "humantime_serde")]
+        dead_man: Duration,
+    },
+}
+
+/// The side of a partition that is cut off from the rest.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PartitionSide {
+    /// The leader alone (a minority of one).
+    Leader,
+    /// The leader and enough followers to stay a minority.
+    LeaderMinority,
+    /// This many followers.
+    Followers(usize),
+    /// A majority of members that does not include the leader.
+    FollowerMajority,
+}
+
+/// A background probe.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProbeSpec {
+    /// Puts unique keys at a steady rate; records each as acknowledged, failed or unknown.
+    EtcdWrites {
+        #[serde(default = "default_rate")]
+        per_second: u32,
+        #[serde(default = "default_request_timeout", with = "humantime_serde")]
+        timeout: Duration,
+    },
+    /// Polls every member's status (leader, term, raft index, revision).
+    EtcdStatus {
+        #[serde(default = "default_interval", with = "humantime_serde")]
+        interval: Duration,
+    },
+}
+
+/// A condition to wait for, with its deadline.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AwaitSpec {
+    /// The write probe has this many acknowledged writes since the step began.
+    AcknowledgedWrites {
+        count: usize,
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// A leader is known to a majority of the reachable members.
+    Leader {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// Let the probes run for this long (a measurement window, not a wait for a state).
+    Observe {
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+}
+
+/// An assertion.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckSpec {
+    /// The member count is at least `min`, and odd when `odd` is set.
+    EtcdMemberCount {
+        #[serde(default = "three")]
+        min: usize,
+        #[serde(default = "yes")]
+        odd: bool,
+    },
+    /// Every member is started (has a name and client URLs) and answers a status request.
+    EtcdMembersReachable,
+    /// Exactly one member is leader.
+    EtcdOneLeader,
+    /// Every member reports the same leader and the same raft term.
+    EtcdLeaderAgreement,
+    /// The largest DB is at most `max_ratio` times the smallest.
+    EtcdDbSizeSpread {
+        #[serde(default = "default_ratio")]
+        max_ratio: f64,
+    },
+    /// The write probe kept getting acknowledgements during the window: no gap longer than
+    /// `max_gap` between acknowledged writes.
+    WritesContinue {
+        #[serde(with = "humantime_serde")]
+        max_gap: Duration,
+    },
+    /// After the last fault, a new leader is elected and the first write is acknowledged
+    /// within `within` (or `election_timeouts` times the election timeout, when given).
+    Failover {
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
+        #[serde(default)]
+        election_timeouts: Option<f64>,
+    },
+    /// Writes fail (none acknowledged) for a window after the fault.
+    WritesFail {
+        #[serde(with = "humantime_serde")]
+        window: Duration,
+    },
+    /// Linearizable reads fail through every reachable member.
+    LinearizableReadsFail,
+    /// Serializable reads still answer through the surviving members.
+    SerializableReadsAnswer,
+    /// The isolated old leader stops acknowledging writes sent to it.
+    IsolatedLeaderRefusesWrites,
+    /// The majority side elected a leader other than the isolated one.
+    MajorityElectsNewLeader {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// Every acknowledged write of the probe is readable (linearizable read).
+    NoLostWrites,
+    /// Every member reaches the same revision and the same KV hash.
+    Converged {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// Writes succeed right now (a put through the cluster is acknowledged).
+    WritesSucceed {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn three() -> usize {
+    3
+}
+fn yes() -> bool {
+    true
+}
+fn default_ratio() -> f64 {
+    2.0
+}
+fn default_rate() -> u32 {
+    20
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_dead_man() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Case {
+    /// The faults this case would inject, for `plan`.
+    pub fn faults(&self) -> impl Iterator<Item = &FaultSpec> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Inject(f) => Some(f),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,30 @@
+//! The cluster under test: its etcd members (with client TLS), the Kubernetes API when a
+//! kubeconfig is given, the local rig when there is one, and the facts reported about it.
+
+pub mod etcd;
+pub mod kube;
+
+use indexmap::IndexMap;
+
+pub use etcd::{EtcdTarget, TlsMaterial};
+
+use crate::rig::RigState;
+
+/// Everything a run knows about what it tests.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `rig:/tmp/hadrill-rig`, `etcd:https://…`, or the kube context.
+    pub label: String,
+    /// Reported as JUnit properties, in this order.
+    pub facts: IndexMap<String, String>,
+    pub etcd: Option<EtcdTarget>,
+    /// The local rig, when the target is one: its members are processes of this machine.
+    pub rig: Option<RigState>,
+    pub kube: Option<kube::KubeTarget>,
+}
+
+impl Target {
+    pub fn fact(&mut self, k: &str, v: impl Into<String>) {
+        self.facts.insert(k.to_string(), v.into());
+    }
+}
