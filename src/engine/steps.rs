@@ -52,6 +52,12 @@ pub async fn run(ctx: &RunContext, step: &Step, st: &mut CaseState) -> Result<()
                 Err(StepEnd::Error(format!("heal failed: {}", errors.join("; "))))
             }
         }
+        Step::Await(crate::suite::AwaitSpec::Observe { duration }) => {
+            // a measurement window: the probes run, nothing is awaited; cancellable by signals
+            (ctx.progress)(&st.name, &format!("observing for {duration:?}"));
+            tokio::time::sleep(*duration).await;
+            Ok(())
+        }
         Step::Probe(_) | Step::Await(_) => {
             Err(StepEnd::Error(format!("step `{}` is not supported by this build of hadrill", label(step))))
         }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Fails (and cleans up) when a test left an etcd process, a network namespace, a bridge or a
+# firewall rule of hadrill's on this machine. A leftover here would be a leftover on a user's
+# cluster.
+set -uo pipefail
+
+left=()
+etcd_pids=$(pgrep -f 'etcd .*--name' 2>/dev/null | while read -r p; do
+  if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -Eq 'hadrill|/hdt-|hdt-'; then echo "$p"; fi
+done)
+[ -n "$etcd_pids" ] && left+=("etcd processes: $(echo $etcd_pids)")
+ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^hd' || true)
+[ -n "$ns" ] && left+=("network namespaces: $(echo $ns)")
+links=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^hd' || true)
+[ -n "$links" ] && left+=("links: $(echo $links)")
+rules=$( (iptables-save 2>/dev/null; nft list ruleset 2>/dev/null) | grep -ci hadrill || true)
+[ "${rules:-0}" -gt 0 ] && left+=("$rules firewall line(s) naming hadrill")
+
+if [ ${#left[@]} -eq 0 ]; then
+  echo "ci/check-leftovers.sh: nothing of ours is left on this machine"
+  exit 0
+fi
+echo "ci/check-leftovers.sh: LEFT BEHIND by the tests:" >&2
+for l in "${left[@]}"; do echo "  - $l" >&2; done
+# clean up so the machine is usable again, but still fail
+for p in $etcd_pids; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+for n in $ns; do ip netns delete "$n" 2>/dev/null; done
+for l in $links; do ip link delete "$l" 2>/dev/null; done
+exit 1
