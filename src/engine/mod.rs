@@ -198,10 +198,10 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
                 let exact = matches!(r, Requirement::EtcdMembersExactly(_));
                 match n {
                     None => return Err("needs etcd: give --etcd-endpoints or use --rig".into()),
-                    Some(n) if n < *min => return Err(format!("needs {min} etcd members, the target has {n}")),
                     Some(n) if exact && n != *min => {
                         return Err(format!("needs exactly {min} etcd members, the target has {n}"))
                     }
+                    Some(n) if n < *min => return Err(format!("needs {min} etcd members, the target has {n}")),
                     _ => {}
                 }
             }
@@ -293,5 +293,97 @@ impl InCase {
 impl Drop for InCase {
     fn drop(&mut self) {
         IN_CASE.with(|c| c.set(false));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::{CheckSpec, Step};
+
+    fn ctx(target: Target, allow: bool) -> RunContext {
+        let dir = std::env::temp_dir().join(format!("hadrill-engine-test-{}", std::process::id()));
+        RunContext {
+            target: Arc::new(target),
+            ledger: Ledger::open(&dir).unwrap(),
+            allow_disruption: allow,
+            disruption_refusal: "pass --allow-disruption to inject faults into this target".into(),
+            seed: 1,
+            artifacts: None,
+            exclusive: Arc::default(),
+            progress: Arc::new(|_, _| {}),
+        }
+    }
+
+    fn case(disruptive: bool, requires: Vec<Requirement>) -> Case {
+        Case {
+            name: "c".into(),
+            description: "d".into(),
+            disruptive,
+            ignore: None,
+            requires,
+            steps: vec![Step::Check(CheckSpec::EtcdOneLeader)],
+        }
+    }
+
+    fn etcd_target(members: usize) -> Target {
+        let mut t = Target::default();
+        t.etcd = Some(crate::target::EtcdTarget::new(vec!["http://127.0.0.1:2379".into()], None).unwrap());
+        t.fact("etcd_members", members.to_string());
+        t
+    }
+
+    #[test]
+    fn missing_etcd_is_a_skip_with_the_reason() {
+        let e = preconditions(&ctx(Target::default(), false), &case(false, vec![Requirement::Etcd])).unwrap_err();
+        assert!(e.contains("--etcd-endpoints"), "{e}");
+    }
+
+    #[test]
+    fn member_counts_are_enforced() {
+        let c = ctx(etcd_target(3), false);
+        assert!(preconditions(&c, &case(false, vec![Requirement::EtcdMembers { min: 3 }])).is_ok());
+        let e = preconditions(&c, &case(false, vec![Requirement::EtcdMembers { min: 5 }])).unwrap_err();
+        assert_eq!(e, "needs 5 etcd members, the target has 3");
+        let e = preconditions(&c, &case(false, vec![Requirement::EtcdMembersExactly(5)])).unwrap_err();
+        assert!(e.contains("exactly 5"), "{e}");
+    }
+
+    #[test]
+    fn disruptive_cases_need_permission() {
+        let e = preconditions(&ctx(etcd_target(3), false), &case(true, vec![])).unwrap_err();
+        assert!(e.contains("--allow-disruption"), "{e}");
+        assert!(preconditions(&ctx(etcd_target(3), true), &case(true, vec![])).is_ok());
+    }
+
+    #[test]
+    fn process_access_and_isolation_need_the_rig() {
+        let c = ctx(etcd_target(3), true);
+        assert!(preconditions(&c, &case(true, vec![Requirement::MemberProcessAccess])).is_err());
+        assert!(preconditions(&c, &case(true, vec![Requirement::MemberNetworkIsolation])).is_err());
+        assert!(preconditions(&c, &case(false, vec![Requirement::Kubernetes])).unwrap_err().contains("--kubeconfig"));
+    }
+
+    #[tokio::test]
+    async fn a_skipped_case_is_recorded_as_skipped_not_passed() {
+        let suite = Suite { suite: "s".into(), description: "d".into(), cases: vec![] };
+        let r = run_case(&ctx(Target::default(), false), &suite, &case(false, vec![Requirement::Etcd])).await;
+        assert!(matches!(r.verdict, Verdict::Skipped { .. }), "{:?}", r.verdict);
+    }
+
+    #[tokio::test]
+    async fn poll_respects_its_deadline() {
+        let t = Instant::now();
+        let r: Option<()> = poll(Duration::from_millis(150), Duration::from_millis(20), || async { None }).await;
+        assert!(r.is_none());
+        assert!(t.elapsed() < Duration::from_secs(2));
+        let mut n = 0;
+        let r = poll(Duration::from_secs(5), Duration::from_millis(1), || {
+            n += 1;
+            let v = (n >= 3).then_some(n);
+            async move { v }
+        })
+        .await;
+        assert_eq!(r, Some(3));
     }
 }
