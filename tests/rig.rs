@@ -95,8 +95,19 @@ fn netns_members_live_in_their_own_namespaces() {
     }
     let (code, out, err) = hadrill(&["--config", &d.target_yaml(), "run", "topology::"]);
     assert_eq!(code, 0, "{}", show(code, &out, &err));
+    // where bridged frames go through iptables, the rig lets its own bridge forward
+    let filtered = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").map(|s| s.trim() == "1").unwrap_or(false);
+    let rules = || String::from_utf8(std::process::Command::new("iptables").args(["-S", "FORWARD"]).output().unwrap().stdout).unwrap();
+    let comment = format!("hadrill-rig {id}");
+    if filtered {
+        assert!(rules().contains(&comment), "no FORWARD rule for the bridge:\n{}", rules());
+    }
 
     let report = rt.block_on(rig::down(&d.dir)).unwrap();
+    assert!(!rules().contains(&comment), "down left the FORWARD rule:\n{}", rules());
+    if filtered {
+        assert!(report.removed.iter().any(|r| r.starts_with("iptables rule FORWARD")), "{:?}", report.removed);
+    }
     assert_eq!(report.stopped.len(), 3, "{:?}", report.stopped);
     for m in ["m1", "m2", "m3"] {
         assert!(report.removed.contains(&format!("network namespace {id}-{m}")), "{:?}", report.removed);

@@ -125,6 +125,14 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
             }
         }
     }
+    if let Ok(o) = Command::new("iptables").args(["-S", "FORWARD"]).output() {
+        let comment = rig::net::rule_comment(&rig::net::rig_id(&dir));
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if l.contains(&comment) {
+                left.push(format!("iptables {l}"));
+            }
+        }
+    }
     left
 }
 
