@@ -39,6 +39,8 @@ fn cli_up_status_run_down_on_loopback() {
     let (code, out, err) = hadrill(&["rig", "status", "--dir", d.path()]);
     assert_eq!(code, 0, "{}", show(code, &out, &err));
     assert_eq!(out.matches(" running").count(), 3, "{out}");
+    assert_eq!(out.matches(", term ").count(), 3, "every member answers:\n{out}");
+    assert_eq!(out.matches(" leader, term").count(), 1, "one leader:\n{out}");
 
     let (code, out, err) = hadrill(&["--config", &d.target_yaml(), "run", "topology::"]);
     assert_eq!(code, 0, "topology on a healthy 3-member rig must pass\n{}", show(code, &out, &err));

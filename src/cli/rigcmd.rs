@@ -49,6 +49,7 @@ pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
             let dir = dir.unwrap_or_else(rig::default_dir);
             let st = rig::status(&dir).map_err(|e| Fatal::usage(crate::exit::chain(&e)))?;
             print!("{}", rig::describe(&st));
+            print!("{}", rt.block_on(rig::lifecycle::health(&st)));
             Ok(Code::Ok)
         }
         RigCmd::Down { dir } => {
