@@ -2,6 +2,7 @@
 //! (acknowledged, failed or unknown, with its start and end) and every member status sample.
 //! Shared by the probe tasks that append and the checks that read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -55,11 +56,25 @@ pub struct WriteHistory {
     /// The key prefix of this probe: `/hadrill/<run>/<case>/`.
     pub prefix: String,
     ops: Mutex<Vec<WriteOp>>,
+    /// How many puts the probe has started (seq numbers below this exist or are in flight).
+    started: AtomicU64,
 }
 
 impl WriteHistory {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into(), ops: Mutex::new(Vec::new()) }
+        Self { prefix: prefix.into(), ops: Mutex::new(Vec::new()), started: AtomicU64::new(0) }
+    }
+    /// Notes that put `seq` has started.
+    pub fn started(&self, seq: u64) {
+        self.started.fetch_max(seq + 1, Ordering::SeqCst);
+    }
+    pub fn started_count(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
+    }
+    /// Whether every put numbered below `seq` has finished (is in the history).
+    pub fn finished_below(&self, seq: u64) -> bool {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.iter().filter(|o| o.seq < seq).count() as u64 >= seq
     }
     pub fn push(&self, op: WriteOp) {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).push(op);

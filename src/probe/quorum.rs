@@ -201,6 +201,7 @@ pub async fn run_writes(
         }
         let Ok(permit) = inflight.clone().try_acquire_owned() else { continue };
         let n = seq.fetch_add(1, Ordering::Relaxed);
+        history.started(n);
         let (clients, history, timeline, rotation, state, cfg) =
             (clients.clone(), history.clone(), timeline.clone(), rotation.clone(), state.clone(), cfg.clone());
         tokio::spawn(async move {
@@ -417,6 +418,7 @@ pub async fn read_via(
     endpoint: &str,
     key: &str,
     prefix: bool,
+    limit: i64,
     serializable: bool,
     timeout: Duration,
 ) -> Result<(i64, Vec<(String, String)>), String> {
@@ -425,6 +427,9 @@ pub async fn read_via(
         let mut o = GetOptions::new();
         if prefix {
             o = o.with_prefix();
+        }
+        if limit > 0 {
+            o = o.with_limit(limit);
         }
         if serializable {
             o = o.with_serializable();
