@@ -1,14 +1,77 @@
 //! The local rig: real etcd members on this machine with mutual TLS, their state file and
-//! the target file `hadrill run` reads. (Interface first; lifecycle lands with the rig work.)
+//! the target file `hadrill run` reads.
+//!
+//! - [`pki`]: the CA, member and client certificates.
+//! - [`net`]: network namespaces, veths and the bridge (and their removal by prefix).
+//! - [`process`]: detached member processes, found again by command line, stopped safely.
+//! - [`lifecycle`]: `up`, `down`, `restart_member`.
+//!
+//! A rig directory holds `.hadrill-rig` (the marker that lets `down` remove it), `rig.json`
+//! (this module's [`RigState`]), `target.yaml` (a [`crate::config::Config`]), `pki/`, and
+//! per member `<name>/data` and `<name>/etcd.log`.
+
+pub mod lifecycle;
+pub mod net;
+pub mod pki;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use lifecycle::{down, restart_member, up};
+
 #[derive(Debug, thiserror::Error)]
 pub enum RigError {
     #[error("rig {dir}: {message}")]
     Other { dir: String, message: String },
+    #[error("etcd not found on PATH: install Debian's etcd-server (bash ci/install-deps.sh)")]
+    EtcdMissing,
+    #[error("rig {dir}: network namespaces need root and iproute2's `ip` (use --isolation loopback)")]
+    NetnsUnavailable { dir: String },
+    #[error("rig {dir} is already running ({running}): rig down first (hadrill rig down --dir {dir})")]
+    Running { dir: String, running: String },
+    #[error("rig {dir}: holds a rig that is not running: rig down first (hadrill rig down --dir {dir})")]
+    Stale { dir: String },
+    #[error("rig {dir}: the directory is not empty and holds no rig: give a new or empty directory")]
+    NotEmpty { dir: String },
+    #[error("no rig in {dir} (hadrill rig up --dir {dir})")]
+    NoRig { dir: String },
+    #[error("rig {dir}: rig.json cannot be read: {message}")]
+    Corrupt { dir: String, message: String },
+    #[error("rig {dir}: {what} {path}: {source}")]
+    Io {
+        dir: String,
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rig {dir}: {source}")]
+    Pki {
+        dir: String,
+        #[source]
+        source: pki::PkiError,
+    },
+    #[error("rig {dir}: {source}")]
+    Net {
+        dir: String,
+        #[source]
+        source: net::NetError,
+    },
+    #[error("rig {dir}: start member {member}: {source}")]
+    Spawn {
+        dir: String,
+        member: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rig {dir}: {message}; last lines of {log}:\n{tail}")]
+    NotReady { dir: String, message: String, log: String, tail: String },
+    #[error("rig {dir} has no member {member} (members: {members})")]
+    NoMember { dir: String, member: String, members: String },
+    #[error("rig {dir}: could not remove everything: {problems}")]
+    Down { dir: String, problems: String },
 }
 
 /// How members are separated.
@@ -36,12 +99,17 @@ pub struct RigSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MemberState {
     pub name: String,
+    /// The member's address: its own in a namespace, 127.0.0.1 on loopback.
     pub ip: String,
     pub client_url: String,
     pub peer_url: String,
     pub pid: i32,
+    /// Clock ticks since boot (`/proc/PID/stat` field 22): a signal goes to `pid` only if it
+    /// still started at this time.
     pub start_time: u64,
+    /// The member's network namespace (`ip netns exec NAME …` reaches it).
     pub netns: Option<String>,
+    /// The full command that starts it (with `ip netns exec` when in a namespace).
     pub argv: Vec<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -51,6 +119,7 @@ pub struct MemberState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RigState {
     pub dir: PathBuf,
+    /// Loopback or Netns (never Auto: `up` decides).
     pub isolation: Isolation,
     pub members: Vec<MemberState>,
     pub ca_cert: PathBuf,
@@ -59,6 +128,19 @@ pub struct RigState {
     /// Election timeout given to every member, in milliseconds.
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
+}
+
+impl RigState {
+    /// The rig id (`hdXXXXXX`): the prefix of its namespaces and interfaces.
+    pub fn id(&self) -> String {
+        net::rig_id(&self.dir)
+    }
+    pub fn pki(&self) -> pki::PkiPaths {
+        pki::PkiPaths::new(self.dir.join("pki"))
+    }
+    pub fn member(&self, name: &str) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.name == name)
+    }
 }
 
 /// What `rig down` removed.
@@ -72,35 +154,52 @@ pub fn default_dir() -> PathBuf {
     std::env::temp_dir().join(format!("hadrill-rig-{}", nix::unistd::geteuid()))
 }
 
-pub async fn up(spec: &RigSpec) -> Result<RigState, RigError> {
-    Err(RigError::Other { dir: spec.dir.display().to_string(), message: "not built yet".into() })
-}
+pub const STATE_FILE: &str = "rig.json";
+pub const TARGET_FILE: &str = "target.yaml";
+/// Written first by `up`: `down` removes only directories that carry it.
+pub const MARKER_FILE: &str = ".hadrill-rig";
 
-pub async fn down(dir: &Path) -> Result<DownReport, RigError> {
-    Err(RigError::Other { dir: dir.display().to_string(), message: "not built yet".into() })
-}
-
+/// The rig recorded in `dir`.
 pub fn status(dir: &Path) -> Result<RigState, RigError> {
-    Err(RigError::Other { dir: dir.display().to_string(), message: "not built yet".into() })
-}
-
-pub async fn restart_member(dir: &Path, member: &str) -> Result<(), RigError> {
-    Err(RigError::Other { dir: dir.display().to_string(), message: format!("cannot restart {member}: not built yet") })
+    let p = dir.join(STATE_FILE);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RigError::NoRig { dir: dir.display().to_string() })
+        }
+        Err(source) => {
+            return Err(RigError::Io { dir: dir.display().to_string(), what: "read", path: p.display().to_string(), source })
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| RigError::Corrupt { dir: dir.display().to_string(), message: e.to_string() })
 }
 
 /// Human-readable state: members, addresses, pids, logs.
 pub fn describe(st: &RigState) -> String {
-    let mut out = format!("rig {} ({:?} isolation)\n", st.dir.display(), st.isolation);
+    let mut out = format!("rig {} ({:?} isolation, id {})\n", st.dir.display(), st.isolation, st.id());
     for m in &st.members {
         let alive = crate::fault::process::alive(m.pid, m.start_time);
-        out.push_str(&format!(
-            "  {:<4} {:<28} pid {:<7} {}  log {}\n",
-            m.name,
-            m.client_url,
-            m.pid,
-            if alive { "running" } else { "NOT RUNNING" },
-            m.log.display()
-        ));
+        let state = if !alive {
+            "NOT RUNNING"
+        } else if crate::fault::process::stopped(m.pid, m.start_time) {
+            "PAUSED"
+        } else {
+            "running"
+        };
+        out.push_str(&format!("  {:<4} {:<28} pid {:<7} {:<11}", m.name, m.client_url, m.pid, state));
+        if let Some(ns) = &m.netns {
+            out.push_str(&format!(" netns {ns}"));
+        }
+        out.push('\n');
     }
+    out.push_str("logs:\n");
+    for m in &st.members {
+        out.push_str(&format!("  {:<4} {}\n", m.name, m.log.display()));
+    }
+    out.push_str(&format!(
+        "certificates: {} (client {}, CA key kept for minting test certificates)\n",
+        st.pki().dir.display(),
+        st.client_cert.display()
+    ));
     out
 }
