@@ -72,7 +72,8 @@ pub fn longest_ack_gap(ops: &[WriteOp], from: Instant, to: Instant) -> (Duration
 pub fn writes_continue(ops: &[WriteOp], base: Instant, from: Instant, to: Instant, max_gap: Duration) -> CheckOutcome {
     const N: &str = "writes_continue";
     let acks = ops.iter().filter(|o| o.outcome.is_ack() && o.end >= from && o.end <= to).count();
-    let tried = ops.iter().filter(|o| o.start >= from && o.start <= to).count();
+    let other = ops.iter().filter(|o| !o.outcome.is_ack() && o.end >= from && o.end <= to).count();
+    let tried = ops.iter().filter(|o| o.start <= to && o.end >= from).count();
     let (gap, a, b) = longest_ack_gap(ops, from, to);
     let m = Measurement::new("write_gap_max", r3(gap.as_secs_f64()), "s").with_bound(max_gap.as_secs_f64());
     let at = |t: Instant| t.saturating_duration_since(base).as_secs_f64();
@@ -82,7 +83,7 @@ pub fn writes_continue(ops: &[WriteOp], base: Instant, from: Instant, to: Instan
         CheckOutcome::fail(
             N,
             format!(
-                "no write acknowledged for {} (from +{:.3}s to +{:.3}s), bound {}: {acks} of {tried} puts acknowledged in the {} window",
+                "no write acknowledged for {} (from +{:.3}s to +{:.3}s), bound {}: in the {} window {acks} puts acknowledged, {other} refused or unanswered",
                 s(gap),
                 at(a),
                 at(b),
@@ -93,7 +94,12 @@ pub fn writes_continue(ops: &[WriteOp], base: Instant, from: Instant, to: Instan
     } else {
         CheckOutcome::pass(
             N,
-            format!("{acks} of {tried} puts acknowledged in {}; longest gap {} ≤ {}", s(to - from), s(gap), s(max_gap)),
+            format!(
+                "in {} {acks} puts acknowledged, {other} refused or unanswered; longest gap {} ≤ {}",
+                s(to - from),
+                s(gap),
+                s(max_gap)
+            ),
         )
     };
     out.with_measurement(m).with_evidence(ops_table(ops, base, Some((a, b)), 40))

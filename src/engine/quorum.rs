@@ -218,7 +218,7 @@ fn status_table(by: &BTreeMap<String, Result<crate::probe::etcd::MemberStatus, S
 /// Quorum checks; None when `spec` is not one of them.
 pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Option<Result<CheckOutcome, StepEnd>> {
     let r = match spec {
-        CheckSpec::WritesContinue { max_gap } => writes_continue(st, *max_gap),
+        CheckSpec::WritesContinue { max_gap } => writes_continue(ctx, st, *max_gap).await,
         CheckSpec::Failover { within, election_timeouts } => failover(ctx, st, *within, *election_timeouts).await,
         CheckSpec::WritesFail { window } => writes_fail(ctx, st, *window).await,
         CheckSpec::LinearizableReadsFail => reads(ctx, st, false).await,
@@ -237,10 +237,24 @@ fn fault_at(st: &CaseState) -> Result<Instant, StepEnd> {
     st.last_fault_at.ok_or_else(|| err("this check measures from the last fault, and no fault was injected yet"))
 }
 
-fn writes_continue(st: &mut CaseState, max_gap: Duration) -> Result<CheckOutcome, StepEnd> {
+/// Waits (bounded) until every put the probe started so far has ended.
+async fn settle(ctx: &RunContext, st: &CaseState, h: &Arc<WriteHistory>) {
+    let upto = h.started_count();
+    (ctx.progress)(&st.name, "waiting for the puts in flight to end");
+    let _ = poll(Duration::from_secs(30), POLL, || {
+        let h = h.clone();
+        async move { h.finished_below(upto).then_some(()) }
+    })
+    .await;
+}
+
+async fn writes_continue(ctx: &RunContext, st: &mut CaseState, max_gap: Duration) -> Result<CheckOutcome, StepEnd> {
     let h = writes(st)?;
     let from = st.last_fault_at.or(st.probes.quorum.as_ref().and_then(|q| q.writes_started)).unwrap_or_else(Instant::now);
-    Ok(q::writes_continue(&h.ops(), st.timeline.start(), from, Instant::now(), max_gap))
+    let to = Instant::now();
+    // a put started in the window may still be waiting for its deadline: let it end
+    settle(ctx, st, &h).await;
+    Ok(q::writes_continue(&h.ops(), st.timeline.start(), from, to, max_gap))
 }
 
 async fn failover(ctx: &RunContext, st: &mut CaseState, within: Option<Duration>, factor: Option<f64>) -> Result<CheckOutcome, StepEnd> {
@@ -305,13 +319,8 @@ async fn writes_fail(ctx: &RunContext, st: &mut CaseState, window: Duration) -> 
     (ctx.progress)(&st.name, &format!("watching writes for {}", pq::secs(window)));
     tokio::time::sleep(window).await; // the observation window itself
     let to = Instant::now();
-    let upto = h.started_count();
     // every put started in the window ends within its own deadline
-    let _ = poll(Duration::from_secs(30), POLL, || {
-        let h = h.clone();
-        async move { h.finished_below(upto).then_some(()) }
-    })
-    .await;
+    settle(ctx, st, &h).await;
     let alive = alive_count(&readers).await;
     Ok(q::writes_fail(&h.ops(), st.timeline.start(), from, to, readers.members.len(), alive))
 }

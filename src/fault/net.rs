@@ -101,8 +101,13 @@ pub async fn start_deadman(node: &NodeAccess, script: &str, token: &str) -> Resu
     if !status.success() {
         return Err(format!("{}: starting the dead-man timer exited with {status}", node.describe()));
     }
-    if !deadman_running(token) {
-        return Err(format!("{}: the dead-man timer did not start", node.describe()));
+    // the timer may be between fork and exec (its cmdline briefly unreadable): poll
+    let seen = crate::engine::poll(Duration::from_secs(3), Duration::from_millis(20), || async {
+        deadman_running(token).then_some(())
+    })
+    .await;
+    if seen.is_none() {
+        return Err(format!("{}: the dead-man timer was not running 3s after it was started", node.describe()));
     }
     Ok(())
 }

@@ -281,13 +281,20 @@ async fn one_write(
 struct Streak {
     acking: Option<bool>,
     last_ack_end: Option<Instant>,
+    last_failure_note: Option<Instant>,
 }
+
+/// An acknowledgement after a gap shorter than this is not news.
+const GAP_WORTH_NOTING: Duration = Duration::from_millis(250);
+/// At most one failed/unknown put a second on the timeline.
+const FAILURE_NOTE_EVERY: Duration = Duration::from_secs(1);
 
 impl Streak {
     fn note(&mut self, op: &WriteOp, timeline: &Timeline) {
         let ack = op.outcome.is_ack();
         if ack {
-            if self.acking != Some(true) {
+            let gap = self.last_ack_end.map(|t| op.end.saturating_duration_since(t));
+            if self.acking.is_none() || gap.is_some_and(|g| g >= GAP_WORTH_NOTING) {
                 let gap = self.last_ack_end.map(|t| op.end.saturating_duration_since(t));
                 timeline.record_at(
                     op.end,
@@ -299,7 +306,8 @@ impl Streak {
                 );
             }
             self.last_ack_end = Some(self.last_ack_end.map_or(op.end, |t| t.max(op.end)));
-        } else if self.acking != Some(false) {
+        } else if self.last_failure_note.is_none_or(|t| op.end.saturating_duration_since(t) >= FAILURE_NOTE_EVERY) {
+            self.last_failure_note = Some(op.end);
             let err = match &op.outcome {
                 Outcome::Failed { error } | Outcome::Unknown { error } => error.as_str(),
                 _ => "",
@@ -325,6 +333,13 @@ pub async fn run_status(
 ) {
     let names: BTreeMap<String, String> = clients.members.iter().map(|m| (m.endpoint.clone(), m.name.clone())).collect();
     let names = Arc::new(names);
+    // learn every member's id first, so the first lines already name the leader
+    let first = futures::future::join_all(clients.members.iter().map(|m| status_via(&clients, &m.endpoint))).await;
+    for (m, r) in clients.members.iter().zip(first) {
+        if r.is_ok() {
+            history.push(StatusSample { at: Instant::now(), member: m.name.clone(), result: r });
+        }
+    }
     let tasks: Vec<_> = clients
         .members
         .clone()
