@@ -39,7 +39,7 @@ pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
             let dir = dir.unwrap_or_else(rig::default_dir);
             let st = rt
                 .block_on(rig::up(&RigSpec { dir: dir.clone(), members, isolation }))
-                .map_err(|e| Fatal::unreachable(crate::exit::chain(&e)))?;
+                .map_err(|e| if e.is_usage() { Fatal::usage(crate::exit::chain(&e)) } else { Fatal::unreachable(crate::exit::chain(&e)) })?;
             print!("{}", rig::describe(&st));
             println!("target file: {}", dir.join("target.yaml").display());
             println!("run against it: hadrill run --config {}", dir.join("target.yaml").display());
@@ -49,6 +49,7 @@ pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
             let dir = dir.unwrap_or_else(rig::default_dir);
             let st = rig::status(&dir).map_err(|e| Fatal::usage(crate::exit::chain(&e)))?;
             print!("{}", rig::describe(&st));
+            print!("{}", rt.block_on(rig::lifecycle::health(&st)));
             Ok(Code::Ok)
         }
         RigCmd::Down { dir } => {

@@ -333,6 +333,26 @@ pub async fn wait_ready(st: &RigState, within: Duration) -> Result<(), RigError>
     }
 }
 
+/// One line per member as etcd sees it (leader or follower, raft term, DB size), or why it
+/// does not answer: the health part of `rig status`.
+pub async fn health(st: &RigState) -> String {
+    let target = match etcd_target(st) {
+        Ok(t) => t,
+        Err(e) => return format!("health: {}\n", crate::exit::chain(&e)),
+    };
+    let mut out = String::from("health:\n");
+    for m in &st.members {
+        let line = match status_of(&target, &m.client_url).await {
+            Ok(s) if s.leader == s.member_id => format!("leader, term {}, db {} B, etcd {}", s.raft_term, s.db_size, s.version),
+            Ok(s) if s.leader == 0 => format!("no leader seen, term {}", s.raft_term),
+            Ok(s) => format!("follower, term {}, db {} B, etcd {}", s.raft_term, s.db_size, s.version),
+            Err(e) => format!("does not answer: {e}"),
+        };
+        out.push_str(&format!("  {:<4} {line}\n", m.name));
+    }
+    out
+}
+
 /// Serializes read-modify-write of `rig.json` (two members restarted at once).
 async fn lock_state(dir: &Path) -> Result<Flock<File>, RigError> {
     let path = dir.join("rig.lock");

@@ -74,6 +74,22 @@ pub enum RigError {
     Down { dir: String, problems: String },
 }
 
+impl RigError {
+    /// Whether the user can fix it by changing the command or the machine (exit 2), as
+    /// opposed to a rig that could not be brought up (exit 3).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RigError::EtcdMissing
+                | RigError::NetnsUnavailable { .. }
+                | RigError::Running { .. }
+                | RigError::Stale { .. }
+                | RigError::NotEmpty { .. }
+                | RigError::NoRig { .. }
+        )
+    }
+}
+
 /// How members are separated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

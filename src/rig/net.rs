@@ -17,7 +17,7 @@ use crate::node::NodeAccess;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("set up the rig network: {0}")]
+    #[error("rig network: {0}")]
     Command(#[from] crate::node::NodeError),
     #[error("find a free /24 for the rig network: every 10.213.X.0/24 overlaps a route of this machine")]
     NoSubnet,
@@ -176,6 +176,13 @@ pub async fn create(id: &str, members: &[String]) -> Result<Built, NetError> {
         ip(&["ip", "link", "set", &br, "up"]).await?;
         subnet
     };
+    if bridged_traffic_is_filtered() {
+        // br_netfilter hands bridged frames to the FORWARD chain (where Docker sets DROP):
+        // let member-to-member traffic across our own bridge through
+        let comment = rule_comment(id);
+        ip(&["iptables", "-w", "5", "-I", "FORWARD", "-i", &br, "-o", &br, "-m", "comment", "--comment", &comment, "-j", "ACCEPT"])
+            .await?;
+    }
     let mut out = Vec::new();
     for (i, m) in members.iter().enumerate() {
         let ns = netns_name(id, m);
@@ -191,6 +198,34 @@ pub async fn create(id: &str, members: &[String]) -> Result<Built, NetError> {
         out.push((ns, addr));
     }
     Ok(Built { subnet, members: out })
+}
+
+/// Whether bridged frames go through iptables (br_netfilter loaded and enabled) and iptables
+/// is there to let ours through.
+fn bridged_traffic_is_filtered() -> bool {
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").map(|s| s.trim() == "1").unwrap_or(false)
+        && which("iptables").is_some()
+}
+
+/// The comment that marks the root namespace's iptables rules of rig `id`.
+pub fn rule_comment(id: &str) -> String {
+    format!("hadrill-rig {id}")
+}
+
+/// The `iptables -D` argument lists that delete the FORWARD rules of rig `id`, from the
+/// output of `iptables -S FORWARD`.
+pub fn rule_deletions(listing: &str, id: &str) -> Vec<Vec<String>> {
+    let quoted = format!("\"{}\"", rule_comment(id));
+    listing
+        .lines()
+        .filter(|l| l.starts_with("-A FORWARD ") && l.contains(&quoted))
+        .map(|l| {
+            let rest = l.replacen("-A FORWARD ", "", 1).replace(&quoted, "\u{0}");
+            let mut args: Vec<String> = vec!["-D".into(), "FORWARD".into()];
+            args.extend(rest.split_whitespace().map(|w| if w == "\u{0}" { rule_comment(id) } else { w.to_string() }));
+            args
+        })
+        .collect()
 }
 
 /// Network namespaces whose name starts with `prefix`.
@@ -240,6 +275,21 @@ pub async fn teardown(id: &str) -> (Vec<String>, Vec<String>) {
             }
         }
         Err(e) => problems.push(e.to_string()),
+    }
+    if which("iptables").is_some() {
+        match ip(&["iptables", "-w", "5", "-S", "FORWARD"]).await {
+            Ok(listing) => {
+                for del in rule_deletions(&listing, id) {
+                    let mut argv: Vec<&str> = vec!["iptables", "-w", "5"];
+                    argv.extend(del.iter().map(String::as_str));
+                    match ip(&argv).await {
+                        Ok(_) => removed.push(format!("iptables rule FORWARD {}", del[2..].join(" "))),
+                        Err(e) => problems.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
     }
     match list_links(&prefix).await {
         Ok(mut list) => {
@@ -302,6 +352,21 @@ mod tests {
         let host = vec![parse_prefix("10.213.9.77").unwrap()];
         assert_eq!(free_subnet(&host, 9), Some(Subnet { third: 10 }));
         assert!(parse_prefix("default").is_none());
+    }
+
+    #[test]
+    fn only_the_rigs_own_rules_are_deleted() {
+        let listing = "-P FORWARD DROP\n\
+            -A FORWARD -i hd00aa11-br -o hd00aa11-br -m comment --comment \"hadrill-rig hd00aa11\" -j ACCEPT\n\
+            -A FORWARD -i hd00aa12-br -o hd00aa12-br -m comment --comment \"hadrill-rig hd00aa12\" -j ACCEPT\n\
+            -A FORWARD -i docker0 -j ACCEPT\n";
+        let d = rule_deletions(listing, "hd00aa11");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0],
+            ["-D", "FORWARD", "-i", "hd00aa11-br", "-o", "hd00aa11-br", "-m", "comment", "--comment", "hadrill-rig hd00aa11", "-j", "ACCEPT"]
+        );
+        assert!(rule_deletions(listing, "hd00aa13").is_empty());
     }
 
     #[test]
