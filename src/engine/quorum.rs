@@ -287,7 +287,7 @@ async fn failover(ctx: &RunContext, st: &mut CaseState, within: Option<Duration>
         (Some(o), Some((n, _))) => {
             if c.passed && st.faulted_members.iter().any(|m| *m == name_by_id(&by, &ids, o)) {
                 c.passed = false;
-                c.message = format!("{}; but the leader is still {} , the member the fault hit", c.message, name_by_id(&by, &ids, n));
+                c.message = format!("{}; but the leader is still {}, the member the fault hit", c.message, name_by_id(&by, &ids, n));
             }
             format!("leader unchanged: {}", name_by_id(&by, &ids, n))
         }
@@ -511,8 +511,11 @@ async fn converged(ctx: &RunContext, st: &mut CaseState, within: Duration) -> Re
             };
             hs.push(q::MemberHash { member: m.name.clone(), revision, hash });
         }
-        let c = q::converged(&hs, target_rev, t0.elapsed());
+        let mut c = q::converged(&hs, target_rev, t0.elapsed());
         if c.passed || Instant::now() >= end {
+            for m in &mut c.measurements {
+                m.bound = Some(within.as_secs_f64());
+            }
             return Ok(c);
         }
         tokio::time::sleep(POLL).await;
