@@ -20,6 +20,10 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v xmllint  >/dev/null 2>&1 || need+=(libxml2-utils)
 command -v python3  >/dev/null 2>&1 || need+=(python3 python3-pip)
 command -v cc       >/dev/null 2>&1 || need+=(gcc)
+# ci/bench-quorum.sh: the operators' shell baseline and hadrill's CPU/RSS figures
+command -v jq       >/dev/null 2>&1 || need+=(jq)
+command -v bc       >/dev/null 2>&1 || need+=(bc)
+[ -x /usr/bin/time ]                || need+=(time)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "ci/install-deps.sh: installing ${need[*]}"

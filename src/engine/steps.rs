@@ -16,6 +16,8 @@ use crate::suite::{CheckSpec, FaultSpec, MemberRole, Step};
 #[derive(Default)]
 pub struct ProbeSet {
     pub tasks: Vec<(String, JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
+    /// The etcd quorum probes' clients and histories, read by the quorum checks.
+    pub quorum: Option<super::quorum::QuorumState>,
 }
 
 impl ProbeSet {
@@ -58,9 +60,8 @@ pub async fn run(ctx: &RunContext, step: &Step, st: &mut CaseState) -> Result<()
             tokio::time::sleep(*duration).await;
             Ok(())
         }
-        Step::Probe(_) | Step::Await(_) => {
-            Err(StepEnd::Error(format!("step `{}` is not supported by this build of hadrill", label(step))))
-        }
+        Step::Probe(spec) => super::quorum::probe(ctx, spec, st).await,
+        Step::Await(spec) => super::quorum::await_(ctx, spec, st).await,
     }
 }
 
@@ -99,12 +100,15 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         CheckSpec::EtcdOneLeader => topology::one_leader(&view(ctx, st).await?),
         CheckSpec::EtcdLeaderAgreement => topology::leader_agreement(&view(ctx, st).await?),
         CheckSpec::EtcdDbSizeSpread { max_ratio } => topology::db_size_spread(&view(ctx, st).await?, *max_ratio),
-        other => {
+        other => match super::quorum::check(ctx, other, st).await {
+            Some(r) => r?,
+            None => {
             return Err(StepEnd::Error(format!(
                 "check `{}` is not supported by this build of hadrill",
                 serde_json::to_string(other).unwrap_or_default()
             )))
-        }
+            }
+        },
     };
     conclude(st, outcome)
 }
@@ -199,6 +203,10 @@ async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Resul
             }
             out
         }
+        FaultSpec::Partition { .. } | FaultSpec::PeerLatency { .. } => {
+            return super::quorum::inject_net(ctx, spec, st, &rig).await;
+        }
+        #[allow(unreachable_patterns)]
         other => {
             return Err(StepEnd::Error(format!(
                 "fault `{}` is not supported by this build of hadrill",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+use super::net::{self, NetMember};
 use super::{process, FaultError};
 use crate::suite::StopSignal;
 
@@ -20,6 +21,20 @@ pub enum Fault {
     StopMember { rig_dir: PathBuf, member: String, pid: i32, start_time: u64, signal: StopSignal },
     /// The rig that `hadrill run --rig` started for itself; revert removes it.
     EphemeralRig { rig_dir: PathBuf },
+    /// Drop the peer traffic between the `isolated` members and the members at `others`
+    /// (their addresses), both ways, with iptables rules tagged `hadrill:<token>` inside the
+    /// isolated members' namespaces; a dead-man timer removes them after `dead_man_secs`.
+    Partition {
+        token: String,
+        isolated: Vec<NetMember>,
+        others: Vec<String>,
+        other_names: Vec<String>,
+        peer_ports: Vec<u16>,
+        dead_man_secs: u64,
+    },
+    /// Delay a member's peer traffic by `delay_ms` with tc netem on `dev` in its namespace;
+    /// a dead-man timer removes the qdisc after `dead_man_secs`.
+    PeerLatency { token: String, member: NetMember, dev: String, peer_ports: Vec<u16>, delay_ms: u64, dead_man_secs: u64 },
 }
 
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -38,6 +53,16 @@ impl Fault {
                 }
             ),
             Fault::EphemeralRig { rig_dir } => format!("local rig {} started for this run", rig_dir.display()),
+            Fault::Partition { isolated, other_names, peer_ports, token, dead_man_secs, .. } => format!(
+                "partition {} from {} (drop peer ports {:?} both ways, iptables rules hadrill:{token}, dead-man {dead_man_secs}s)",
+                isolated.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join("+"),
+                other_names.join("+"),
+                peer_ports
+            ),
+            Fault::PeerLatency { member, dev, delay_ms, dead_man_secs, .. } => format!(
+                "delay the peer traffic of {} by {delay_ms}ms (tc netem on {dev} in {}, dead-man {dead_man_secs}s)",
+                member.name, member.netns
+            ),
         }
     }
 
@@ -47,6 +72,12 @@ impl Fault {
             Fault::Pause { pid, .. } => format!("SIGCONT pid {pid}"),
             Fault::StopMember { member, .. } => format!("restart {member} with its flags and data directory"),
             Fault::EphemeralRig { rig_dir } => format!("rig down {}", rig_dir.display()),
+            Fault::Partition { token, .. } => {
+                format!("kill the dead-man timer hadrill-deadman-{token}, delete every rule tagged hadrill:{token}")
+            }
+            Fault::PeerLatency { token, dev, .. } => {
+                format!("kill the dead-man timer hadrill-deadman-{token}, delete the root qdisc of {dev}")
+            }
         }
     }
 
@@ -77,6 +108,12 @@ impl Fault {
             }
             // The rig is started by the caller; the entry only records that it must go.
             Fault::EphemeralRig { .. } => Ok(()),
+            Fault::Partition { token, isolated, others, peer_ports, dead_man_secs, .. } => {
+                net::apply_partition(isolated, others, peer_ports, token, *dead_man_secs).await.map_err(fail)
+            }
+            Fault::PeerLatency { token, member, dev, peer_ports, delay_ms, dead_man_secs } => {
+                net::apply_latency(member, dev, peer_ports, *delay_ms, token, *dead_man_secs).await.map_err(fail)
+            }
         }
     }
 
@@ -94,6 +131,10 @@ impl Fault {
             Fault::EphemeralRig { rig_dir } => {
                 crate::rig::down(rig_dir).await.map(|_| ()).map_err(|e| fail(crate::exit::chain(&e)))
             }
+            Fault::Partition { token, isolated, others, peer_ports, .. } => {
+                net::revert_partition(isolated, others, peer_ports, token).await.map_err(fail)
+            }
+            Fault::PeerLatency { token, member, dev, .. } => net::revert_latency(member, dev, token).await.map_err(fail),
         }
     }
 }

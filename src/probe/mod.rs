@@ -2,6 +2,8 @@
 //! sleep blindly, and every request has its own deadline.
 
 pub mod etcd;
+pub mod history;
+pub mod quorum;
 mod timeline;
 
 pub use timeline::{Event, Timeline};

@@ -143,6 +143,14 @@ impl EtcdTarget {
             .map_err(|e| EtcdError::Request { endpoint: endpoint.into(), message: describe(&e) })
     }
 
+    /// A client bound to one member's endpoint, with or without require-leader (the write
+    /// probe keeps one per member so that a dead member is skipped, not retried forever).
+    pub async fn member_client_with(&self, endpoint: &str, require_leader: bool) -> Result<Client, EtcdError> {
+        Client::connect([endpoint], Some(self.options(require_leader)))
+            .await
+            .map_err(|e| EtcdError::Request { endpoint: endpoint.into(), message: describe(&e) })
+    }
+
     /// A client over every endpoint; `require_leader` makes requests fail fast without one.
     pub async fn cluster_client(&self, require_leader: bool) -> Result<Client, EtcdError> {
         Client::connect(&self.endpoints, Some(self.options(require_leader)))
