@@ -118,8 +118,15 @@ fn run_on(
     seed: u64,
 ) -> Result<Code, Fatal> {
     let on_own_rig = rig_state.is_some();
-    let mut t = rt.block_on(target::build(resolved, rig_state))?;
-    rt.block_on(target::reach(&mut t))?;
+    // HADRILL_SELFTEST=1 with only selftest cases selected: no target to build or reach
+    let mut t = match crate::engine::selftest::target_for(&runner::selected(suites, &args.sel)) {
+        Some(t) => t,
+        None => {
+            let mut t = rt.block_on(target::build(resolved, rig_state))?;
+            rt.block_on(target::reach(&mut t))?;
+            t
+        }
+    };
     let (allow, refusal) = disruption(args, &resolved.config, &t, on_own_rig);
     t.fact("seed", seed.to_string());
     t.fact("hadrill_version", env!("CARGO_PKG_VERSION"));
