@@ -41,14 +41,19 @@ pub struct RunArgs {
     pub allow_disruption: bool,
 }
 
-/// Opens every output path now, so a bad path fails before anything is started.
+/// Opens every output path now, so a bad path fails before anything is started. A file
+/// that did not exist is removed again: a run that stops early leaves no empty report.
 fn check_writable(p: &Option<PathBuf>, what: &str) -> Result<(), Fatal> {
     if let Some(p) = p {
+        let existed = p.exists();
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
             .map_err(|e| Fatal::usage(format!("cannot write the {what} report {}: {e}", p.display())))?;
+        if !existed {
+            let _ = std::fs::remove_file(p);
+        }
     }
     Ok(())
 }
