@@ -55,3 +55,31 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out.replace('\n', " ")
 }
+
+/// Makes any error message the one line a user sees: whitespace (newlines included)
+/// collapsed, and the source snippet that YAML parsers append (`--> <input>:1:9 | 1 | …`)
+/// dropped, since the line and column are already in the message.
+pub fn one_line(msg: &str) -> String {
+    let flat = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = match flat.find(" --> <input>") {
+        Some(i) => flat[..i].to_string(),
+        None => flat,
+    };
+    flat.replace(": error: line ", ": line ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_drops_yaml_snippets_and_newlines() {
+        let raw = "kubeconfig k.yaml: failed to parse kubeconfig YAML: error: line 1 column 9: mapping values are not allowed in this context\n  --> <input>:1:9\n   |\n 1 | this: is: [not yaml\n   |         ^ mapping values";
+        assert_eq!(
+            one_line(raw),
+            "kubeconfig k.yaml: failed to parse kubeconfig YAML: line 1 column 9: mapping values are not allowed in this context"
+        );
+        assert_eq!(one_line("a\nb\tc"), "a b c");
+        assert_eq!(one_line("plain"), "plain");
+    }
+}

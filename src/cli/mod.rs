@@ -85,19 +85,47 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { Code::Usage as i32 } else { 0 };
-            let _ = e.print();
-            return code;
-        }
+        Err(e) => return usage_error(e),
     };
     init_logging(cli.global.verbose);
     match dispatch(cli) {
         Ok(code) => code as i32,
         Err(f) => {
-            eprintln!("hadrill: {}", f.message);
+            eprintln!("hadrill: {}", crate::exit::one_line(&f.message));
             f.code as i32
         }
+    }
+}
+
+/// Help and version go to stdout (exit 0); a bare `hadrill` prints the help on stderr
+/// (exit 2); any other command-line error is one line naming the problem and the usage.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return Code::Usage as i32;
+    }
+    eprintln!("hadrill: {}", clap_one_line(&e.render().to_string()));
+    Code::Usage as i32
+}
+
+/// `error: unexpected argument '--bogus' found … Usage: hadrill run [OPTIONS] [FILTER] …` →
+/// `unexpected argument '--bogus' found (usage: hadrill run [OPTIONS] [FILTER]; see --help)`.
+fn clap_one_line(rendered: &str) -> String {
+    // the first paragraph: the error and what it lists (missing arguments, possible values)
+    let para: Vec<&str> =
+        rendered.lines().map(str::trim).skip_while(|l| l.is_empty()).take_while(|l| !l.is_empty()).collect();
+    let what = para.join(" ");
+    let what = what.trim_start_matches("error:").trim();
+    let what = if what.is_empty() { "invalid command line" } else { what };
+    let tip = rendered.lines().map(str::trim).find_map(|l| l.strip_prefix("tip: ")).map(|t| format!("; {t}")).unwrap_or_default();
+    match rendered.lines().map(str::trim).find_map(|l| l.strip_prefix("Usage: ")) {
+        Some(usage) => format!("{what}{tip} (usage: {usage}; see --help)"),
+        None => format!("{what}{tip} (see --help)"),
     }
 }
 

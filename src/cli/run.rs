@@ -41,14 +41,19 @@ pub struct RunArgs {
     pub allow_disruption: bool,
 }
 
-/// Opens every output path now, so a bad path fails before anything is started.
+/// Opens every output path now, so a bad path fails before anything is started. A file
+/// that did not exist is removed again: a run that stops early leaves no empty report.
 fn check_writable(p: &Option<PathBuf>, what: &str) -> Result<(), Fatal> {
     if let Some(p) = p {
+        let existed = p.exists();
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
             .map_err(|e| Fatal::usage(format!("cannot write the {what} report {}: {e}", p.display())))?;
+        if !existed {
+            let _ = std::fs::remove_file(p);
+        }
     }
     Ok(())
 }
@@ -118,8 +123,15 @@ fn run_on(
     seed: u64,
 ) -> Result<Code, Fatal> {
     let on_own_rig = rig_state.is_some();
-    let mut t = rt.block_on(target::build(resolved, rig_state))?;
-    rt.block_on(target::reach(&mut t))?;
+    // HADRILL_SELFTEST=1 with only selftest cases selected: no target to build or reach
+    let mut t = match crate::engine::selftest::target_for(&runner::selected(suites, &args.sel)) {
+        Some(t) => t,
+        None => {
+            let mut t = rt.block_on(target::build(resolved, rig_state))?;
+            rt.block_on(target::reach(&mut t))?;
+            t
+        }
+    };
     let (allow, refusal) = disruption(args, &resolved.config, &t, on_own_rig);
     t.fact("seed", seed.to_string());
     t.fact("hadrill_version", env!("CARGO_PKG_VERSION"));

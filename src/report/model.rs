@@ -51,7 +51,7 @@ impl CaseRecord {
 /// How a case ended. `Failed` is the cluster failing a check; `Error` is the harness failing
 /// to run the case (a JUnit `<error>`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum Verdict {
     Passed,
     Failed { message: String, evidence: String },

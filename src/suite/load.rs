@@ -71,7 +71,7 @@ pub fn builtin() -> Result<Suites, LoadError> {
             file: name.clone(),
             message: "not UTF-8".into(),
         })?;
-        out.add(name.clone(), parse_suite(&name, text)?)?;
+        out.add(name.clone(), parse_suite_with(&name, text, false)?)?;
     }
     Ok(out)
 }
@@ -94,8 +94,13 @@ pub fn load_dir(suites: &mut Suites, dir: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Parses and validates one suite file. `file` is only used in messages.
+/// Parses and validates one suite file. `file` is only used in messages. The test-only
+/// `harness_selftest` check is refused unless `HADRILL_SELFTEST=1` is set.
 pub fn parse_suite(file: &str, text: &str) -> Result<Suite, LoadError> {
+    parse_suite_with(file, text, crate::engine::selftest::enabled())
+}
+
+fn parse_suite_with(file: &str, text: &str, allow_selftest: bool) -> Result<Suite, LoadError> {
     let file = file.to_string();
     // YAML → a generic tree first (syntax errors carry line and column), then each case on
     // its own so that a field error can name its case.
@@ -150,6 +155,7 @@ pub fn parse_suite(file: &str, text: &str) -> Result<Suite, LoadError> {
             }
         })?;
         validate_case(&file, &case)?;
+        refuse_selftest(&file, &case, allow_selftest)?;
         if cases.iter().any(|c| c.name == case.name) {
             return Err(field_err(&file, &case.name, "name", "duplicate case name"));
         }
@@ -172,6 +178,24 @@ fn validate_case(file: &str, case: &Case) -> Result<(), LoadError> {
         return Err(field_err(file, &case.name, "disruptive", "a case that injects faults must say `disruptive: true`"));
     }
     Ok(())
+}
+
+/// The selftest check is for hadrill's own tests: refused unless allowed, named by its step.
+fn refuse_selftest(file: &str, case: &Case, allowed: bool) -> Result<(), LoadError> {
+    if allowed || !crate::engine::selftest::uses_selftest(case) {
+        return Ok(());
+    }
+    let i = case
+        .steps
+        .iter()
+        .position(|s| matches!(s, crate::suite::Step::Check(crate::suite::CheckSpec::HarnessSelftest(_))))
+        .unwrap_or_default();
+    Err(field_err(
+        file,
+        &case.name,
+        &format!("steps[{i}].check.harness_selftest"),
+        &format!("a test-only check of hadrill's own tests, refused unless {}=1 (never in built-in suites)", crate::engine::selftest::ENV),
+    ))
 }
 
 fn field_err(file: &str, case: &str, field: &str, message: &str) -> LoadError {
@@ -236,6 +260,31 @@ mod tests {
         );
         let e = parse_suite("d.yaml", &bad).unwrap_err().to_string();
         assert!(e.contains("field `disruptive`"), "{e}");
+    }
+
+    const SELFTEST: &str = "suite: st\ndescription: selftest\ncases:\n  - name: ok\n    description: passes\n    steps:\n      - check: etcd_one_leader\n      - check: { harness_selftest: pass }\n";
+
+    #[test]
+    fn selftest_check_is_refused_unless_enabled() {
+        let e = parse_suite_with("st.yaml", SELFTEST, false).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "st.yaml: case `ok`: field `steps[1].check.harness_selftest`: a test-only check of hadrill's own tests, refused unless HADRILL_SELFTEST=1 (never in built-in suites)"
+        );
+        let s = parse_suite_with("st.yaml", SELFTEST, true).unwrap();
+        assert_eq!(s.cases[0].steps[1], crate::suite::Step::Check(crate::suite::CheckSpec::HarnessSelftest(crate::suite::SelftestOutcome::Pass)));
+        let bad = SELFTEST.replace("harness_selftest: pass", "harness_selftest: explode");
+        let e = parse_suite_with("st.yaml", &bad, true).unwrap_err().to_string();
+        assert!(e.contains("case `ok`") && e.contains("explode"), "{e}");
+    }
+
+    #[test]
+    fn no_builtin_suite_uses_the_selftest_check() {
+        for s in builtin().unwrap().iter() {
+            for c in &s.cases {
+                assert!(!crate::engine::selftest::uses_selftest(c), "{}::{}", s.suite, c.name);
+            }
+        }
     }
 
     #[test]

@@ -243,6 +243,21 @@ pub enum CheckSpec {
         #[serde(with = "humantime_serde")]
         within: Duration,
     },
+    /// Test-only: ends the case with the named outcome, so hadrill's own tests can drive the
+    /// runner and the reporters without a cluster. Refused when loading unless
+    /// `HADRILL_SELFTEST=1`; never allowed in a built-in suite.
+    HarnessSelftest(SelftestOutcome),
+}
+
+/// How a `harness_selftest` check ends its case.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SelftestOutcome {
+    Pass,
+    Fail,
+    Error,
+    Panic,
+    Skip,
 }
 
 fn one() -> usize {
