@@ -82,15 +82,26 @@ impl fmt::Display for ServerCertProblem {
     }
 }
 
+/// Whether the server asked for a client certificate, and whether we sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    /// The server did not ask for one (etcd without `--client-cert-auth`).
+    NotRequested,
+    /// It asked; we had none to send.
+    RequestedNoneSent,
+    /// It asked and we sent ours.
+    Sent,
+}
+
 /// What happened when we tried to talk TLS to a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeOutcome {
     /// The handshake completed and the server did not refuse us: `answer` is the first line
     /// of its reply to our request, or None when it sent nothing (and no alert) in time.
-    Accepted { answer: Option<String>, asked_for_client_cert: bool },
+    Accepted { answer: Option<String>, client_cert: ClientCert },
     /// The server sent a fatal TLS alert, named as rustls names it (`BadCertificate`,
     /// `CertificateExpired`, `UnknownCA`, `CertificateRequired`…).
-    RefusedByServer { alert: String, asked_for_client_cert: bool },
+    RefusedByServer { alert: String, client_cert: ClientCert },
     /// We refused the server's certificate.
     RefusedServerCert(ServerCertProblem),
     /// The TCP connection failed (refused, no route …).
@@ -112,16 +123,11 @@ impl fmt::Display for HandshakeOutcome {
         match self {
             Self::Accepted { answer: Some(a), .. } => write!(f, "handshake accepted; the server answered `{a}`"),
             Self::Accepted { answer: None, .. } => f.write_str("handshake accepted; no refusal within the read deadline"),
-            Self::RefusedByServer { alert, asked_for_client_cert } => {
+            Self::RefusedByServer { alert, client_cert } => {
                 write!(f, "the server refused the handshake with TLS alert {alert}")?;
-                match alert.as_str() {
-                    "CertificateRequired" => f.write_str(" (it requires a client certificate)"),
-                    "BadCertificate" | "UnknownCA" | "CertificateExpired" | "CertificateUnknown"
-                    | "UnsupportedCertificate" | "CertificateRevoked" | "AccessDenied"
-                        if *asked_for_client_cert =>
-                    {
-                        f.write_str(" (it rejected our client certificate)")
-                    }
+                match client_cert {
+                    ClientCert::RequestedNoneSent => f.write_str(" (it requires a client certificate and we had none)"),
+                    ClientCert::Sent if is_certificate_alert(alert) => f.write_str(" (it rejected our client certificate)"),
                     _ => Ok(()),
                 }
             }
@@ -131,6 +137,21 @@ impl fmt::Display for HandshakeOutcome {
             Self::Failed(e) => f.write_str(e),
         }
     }
+}
+
+fn is_certificate_alert(alert: &str) -> bool {
+    matches!(
+        alert,
+        "BadCertificate"
+            | "UnknownCA"
+            | "CertificateExpired"
+            | "CertificateUnknown"
+            | "UnsupportedCertificate"
+            | "CertificateRevoked"
+            | "CertificateRequired"
+            | "AccessDenied"
+            | "DecryptError"
+    )
 }
 
 /// A client identity: certificate chain and key, PEM.
@@ -169,7 +190,7 @@ pub async fn handshake(
     let connector = TlsConnector::from(Arc::new(config));
     let mut tls = match tokio::time::timeout(deadline, connector.connect(name, tcp)).await {
         Err(_) => return Ok(HandshakeOutcome::Timeout { phase: "TLS handshake", after: deadline }),
-        Ok(Err(e)) => return Ok(classify(&e, resolver.asked())),
+        Ok(Err(e)) => return Ok(classify(&e, resolver.client_cert())),
         Ok(Ok(s)) => s,
     };
     let request = format!("GET /version HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: hadrill\r\nConnection: close\r\n\r\n");
@@ -182,13 +203,13 @@ pub async fn handshake(
     let outcome = match tokio::time::timeout(deadline, exchange).await {
         // a server that neither answers nor refuses within the deadline did accept the
         // handshake: a refusal is sent as soon as it has checked our certificate
-        Err(_) => HandshakeOutcome::Accepted { answer: None, asked_for_client_cert: resolver.asked() },
-        Ok(Err(e)) => classify(&e, resolver.asked()),
+        Err(_) => HandshakeOutcome::Accepted { answer: None, client_cert: resolver.client_cert() },
+        Ok(Err(e)) => classify(&e, resolver.client_cert()),
         Ok(Ok(0)) => HandshakeOutcome::Failed("the server closed the connection without an answer or an alert".into()),
         Ok(Ok(n)) => {
             let text = String::from_utf8_lossy(&buf[..n]);
             let first = text.lines().next().unwrap_or("").trim().chars().take(80).collect::<String>();
-            HandshakeOutcome::Accepted { answer: Some(first), asked_for_client_cert: resolver.asked() }
+            HandshakeOutcome::Accepted { answer: Some(first), client_cert: resolver.client_cert() }
         }
     };
     let _ = tokio::time::timeout(Duration::from_millis(200), tls.shutdown()).await;
@@ -217,10 +238,10 @@ pub async fn preflight(target: &EtcdTarget, endpoint: &str) -> Result<(), String
     let outcome = handshake(endpoint, &tls.ca_pem, identity, deadline).await.map_err(|e| e.to_string())?;
     match outcome {
         HandshakeOutcome::Accepted { .. } => Ok(()),
-        HandshakeOutcome::RefusedByServer { ref alert, .. } if alert == "CertificateRequired" && tls.cert_pem.is_none() => {
+        HandshakeOutcome::RefusedByServer { client_cert: ClientCert::RequestedNoneSent, .. } => {
             Err(format!("{outcome}: give --etcd-cert and --etcd-key"))
         }
-        HandshakeOutcome::RefusedByServer { asked_for_client_cert: true, .. } => {
+        HandshakeOutcome::RefusedByServer { client_cert: ClientCert::Sent, .. } => {
             Err(format!("{outcome}: wrong --etcd-cert/--etcd-key, expired, or not signed by the CA etcd trusts?"))
         }
         other => Err(other.to_string()),
@@ -266,7 +287,7 @@ pub async fn peer_chain(endpoint: &str, ca_pem: Option<&[u8]>, deadline: Duratio
         (Some((certs, verified)), _) if !certs.is_empty() => Ok(PeerChain { certs, verified }),
         (Some(_), _) => Err(TlsError::NoCertificate { endpoint: endpoint.into() }),
         (None, Err(_)) => Err(fail(HandshakeOutcome::Timeout { phase: "TLS handshake", after: deadline })),
-        (None, Ok(Err(e))) => Err(fail(classify(&e, false))),
+        (None, Ok(Err(e))) => Err(fail(classify(&e, ClientCert::NotRequested))),
         (None, Ok(Ok(_))) => Err(TlsError::NoCertificate { endpoint: endpoint.into() }),
     }
 }
@@ -319,11 +340,11 @@ fn certified_key(provider: &Arc<CryptoProvider>, id: Identity<'_>) -> Result<Arc
 }
 
 /// Turns a handshake or read error into an outcome, finding the rustls error inside.
-fn classify(e: &std::io::Error, asked: bool) -> HandshakeOutcome {
+fn classify(e: &std::io::Error, client_cert: ClientCert) -> HandshakeOutcome {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
         Some(rustls::Error::AlertReceived(a)) => {
-            HandshakeOutcome::RefusedByServer { alert: format!("{a:?}"), asked_for_client_cert: asked }
+            HandshakeOutcome::RefusedByServer { alert: format!("{a:?}"), client_cert }
         }
         Some(rustls::Error::InvalidCertificate(c)) => HandshakeOutcome::RefusedServerCert(problem(c)),
         Some(other) => HandshakeOutcome::Failed(format!("TLS error: {other}")),
@@ -352,7 +373,7 @@ fn problem(c: &CertificateError) -> ServerCertProblem {
             ServerCertProblem::NotValidForName { expected: "the host connected to".into(), presented: vec![] }
         }
         CertificateError::NotValidForNameContext { expected, presented } => ServerCertProblem::NotValidForName {
-            expected: format!("{expected:?}").trim_matches('"').to_string(),
+            expected: expected.to_str().into_owned(),
             presented: presented.clone(),
         },
         other => ServerCertProblem::Other(format!("{other:?}")),
@@ -377,8 +398,12 @@ impl RecordingResolver {
     fn new(key: Option<Arc<CertifiedKey>>) -> Self {
         Self { key, asked: AtomicBool::new(false) }
     }
-    fn asked(&self) -> bool {
-        self.asked.load(Ordering::SeqCst)
+    fn client_cert(&self) -> ClientCert {
+        match (self.asked.load(Ordering::SeqCst), self.key.is_some()) {
+            (false, _) => ClientCert::NotRequested,
+            (true, false) => ClientCert::RequestedNoneSent,
+            (true, true) => ClientCert::Sent,
+        }
     }
 }
 
@@ -466,7 +491,7 @@ mod tests {
     fn outcomes_read_as_one_line() {
         let o = HandshakeOutcome::RefusedServerCert(ServerCertProblem::UnknownIssuer);
         assert_eq!(o.to_string(), "we refused the server's certificate: not signed by the given CA (wrong --etcd-cacert?)");
-        let o = HandshakeOutcome::RefusedByServer { alert: "BadCertificate".into(), asked_for_client_cert: true };
+        let o = HandshakeOutcome::RefusedByServer { alert: "BadCertificate".into(), client_cert: ClientCert::Sent };
         assert_eq!(
             o.to_string(),
             "the server refused the handshake with TLS alert BadCertificate (it rejected our client certificate)"

@@ -49,6 +49,9 @@ pub enum Requirement {
     MemberNetworkIsolation,
     /// A Kubernetes API through a kubeconfig.
     Kubernetes,
+    /// The key of the CA that etcd trusts for clients is at hand (the rig's `ca.key`), so
+    /// client certificates can be minted for the `certs` suite.
+    EtcdCaKey,
 }
 
 /// A step of a case, run in order. Faults injected by earlier steps stay until a `heal` step
@@ -243,6 +246,30 @@ pub enum CheckSpec {
         #[serde(with = "humantime_serde")]
         within: Duration,
     },
+    /// Every etcd member refuses a client certificate of this kind (signed for the occasion),
+    /// with a TLS alert that is named.
+    EtcdRefusesClientCert { kind: ClientCertKind },
+    /// Every etcd member accepts a valid client certificate signed by its CA, and answers a
+    /// status request made with it (the control for the refusals).
+    EtcdAcceptsControlCert,
+    /// Every etcd member's serving certificate (client port, read over TLS) stays valid for
+    /// at least `min_days`.
+    EtcdServingCertValidFor {
+        #[serde(default = "default_min_days")]
+        min_days: i64,
+    },
+}
+
+/// What is wrong with a client certificate that the `certs` suite presents.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertKind {
+    /// Signed by the right CA; its notAfter has passed.
+    Expired,
+    /// Signed by the right CA; its notBefore is in the future.
+    NotYetValid,
+    /// Valid dates, signed by a CA with the same name as the right one and another key.
+    UnknownCa,
 }
 
 fn one() -> usize {
@@ -265,6 +292,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_interval() -> Duration {
     Duration::from_millis(200)
+}
+fn default_min_days() -> i64 {
+    crate::check::certs::DEFAULT_MIN_DAYS
 }
 fn default_dead_man() -> Duration {
     Duration::from_secs(120)
