@@ -163,22 +163,26 @@ pub fn describe_kind(kind: ClientCertKind, w: &CertWindow) -> String {
         ClientCertKind::UnknownCa => {
             "a client certificate signed by an unknown CA (same name as etcd's CA, another key)".to_string()
         }
+        ClientCertKind::Missing => "a client without a certificate".to_string(),
     }
 }
 
 /// etcd refused the bad client certificate at every endpoint, naming the alert. Returns the
 /// verdict over the endpoints that could be tested, and those that could not.
+/// `cert` is None for [`ClientCertKind::Missing`].
 pub fn refuses_client_cert(
     kind: ClientCertKind,
-    cert: &CertWindow,
+    cert: Option<&CertWindow>,
     tried: &[(String, HandshakeOutcome)],
 ) -> (CheckOutcome, Vec<String>) {
     const N: &str = "etcd_refuses_client_cert";
-    let what = describe_kind(kind, cert);
+    let (what, mut evidence) = match cert {
+        Some(c) => (describe_kind(kind, c), format!("presented: {}\n", describe_window(c))),
+        None => (describe_kind(ClientCertKind::Missing, &placeholder()), "presented: no client certificate\n".to_string()),
+    };
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
     let mut untested = Vec::new();
-    let mut evidence = format!("presented: {}\n", describe_window(cert));
     for (ep, o) in tried {
         evidence.push_str(&format!("  {ep}: {o}\n"));
         match o {
@@ -202,6 +206,10 @@ pub fn refuses_client_cert(
         CheckOutcome::pass(N, format!("etcd refused {what}: {}", refused.join(", ")))
     };
     (out.with_evidence(evidence), untested)
+}
+
+fn placeholder() -> CertWindow {
+    CertWindow { subject: String::new(), issuer: String::new(), not_before: DateTime::UNIX_EPOCH, not_after: DateTime::UNIX_EPOCH }
 }
 
 /// What presenting the valid control certificate to one endpoint gave: the handshake, and
@@ -324,14 +332,14 @@ mod tests {
             ("https://10.213.0.11:2379".to_string(), HandshakeOutcome::Accepted { answer: Some("HTTP/1.1 200 OK".into()), client_cert: ClientCert::Sent }),
             ("https://10.213.0.12:2379".to_string(), HandshakeOutcome::RefusedByServer { alert: "BadCertificate".into(), client_cert: ClientCert::Sent }),
         ];
-        let (o, untested) = refuses_client_cert(ClientCertKind::Expired, &w, &tried);
+        let (o, untested) = refuses_client_cert(ClientCertKind::Expired, Some(&w), &tried);
         assert!(!o.passed);
         assert!(untested.is_empty());
         assert_eq!(
             o.message,
             "etcd https://10.213.0.11:2379 ACCEPTED an expired client certificate (notAfter 2026-11-20) and answered `HTTP/1.1 200 OK`"
         );
-        let (o, _) = refuses_client_cert(ClientCertKind::Expired, &w, &tried[1..]);
+        let (o, _) = refuses_client_cert(ClientCertKind::Expired, Some(&w), &tried[1..]);
         assert!(o.passed);
         assert!(o.message.contains("https://10.213.0.12:2379 (TLS alert BadCertificate)"), "{}", o.message);
     }
@@ -341,12 +349,15 @@ mod tests {
         let n = now();
         let w = minted(n - Duration::days(1), n + Duration::days(1));
         let tried = vec![("https://h:2379".to_string(), HandshakeOutcome::Accepted { answer: None, client_cert: ClientCert::NotRequested })];
-        let (o, _) = refuses_client_cert(ClientCertKind::UnknownCa, &w, &tried);
+        let (o, _) = refuses_client_cert(ClientCertKind::UnknownCa, Some(&w), &tried);
         assert!(!o.passed);
         assert!(o.message.contains("unknown CA") && o.message.contains("--client-cert-auth"), "{}", o.message);
         let tried = vec![("https://h:2379".to_string(), HandshakeOutcome::Connect("connection refused".into()))];
-        let (o, untested) = refuses_client_cert(ClientCertKind::NotYetValid, &w, &tried);
+        let (o, untested) = refuses_client_cert(ClientCertKind::NotYetValid, Some(&w), &tried);
         assert!(o.passed && untested.len() == 1, "an endpoint that could not be tested is reported, not passed silently");
+        let tried = vec![("https://h:2379".to_string(), HandshakeOutcome::Accepted { answer: None, client_cert: ClientCert::RequestedNoneSent })];
+        let (o, _) = refuses_client_cert(ClientCertKind::Missing, None, &tried);
+        assert_eq!(o.message, "etcd https://h:2379 ACCEPTED a client without a certificate");
     }
 
     #[test]

@@ -79,10 +79,10 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Re
     Ok(outcome)
 }
 
-async fn present_all(etcd: &EtcdTarget, ca_pem: &[u8], cert_pem: &str, key_pem: &str) -> Result<Vec<(String, HandshakeOutcome)>, StepEnd> {
-    let id = || Some(Identity { cert_pem: cert_pem.as_bytes(), key_pem: key_pem.as_bytes() });
+async fn present_all(etcd: &EtcdTarget, ca_pem: &[u8], id: Option<(&str, &str)>) -> Result<Vec<(String, HandshakeOutcome)>, StepEnd> {
+    let identity = || id.map(|(c, k)| Identity { cert_pem: c.as_bytes(), key_pem: k.as_bytes() });
     let d = deadline(etcd);
-    let results = futures::future::join_all(etcd.endpoints.iter().map(|e| tls::handshake(e, ca_pem, id(), d))).await;
+    let results = futures::future::join_all(etcd.endpoints.iter().map(|e| tls::handshake(e, ca_pem, identity(), d))).await;
     etcd.endpoints
         .iter()
         .zip(results)
@@ -92,24 +92,35 @@ async fn present_all(etcd: &EtcdTarget, ca_pem: &[u8], cert_pem: &str, key_pem: 
 
 async fn refuses(ctx: &RunContext, kind: ClientCertKind, st: &mut CaseState) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
     let (etcd, material) = tls_etcd(ctx)?;
+    if kind == ClientCertKind::Missing {
+        (ctx.progress)(&st.name, &format!("connecting without a client certificate to {} etcd endpoint(s)", etcd.endpoints.len()));
+        let tried = present_all(etcd, &material.ca_pem, None).await?;
+        for (e, o) in &tried {
+            st.timeline.record("tls", format!("{e}: {o}"));
+            st.log(format!("{e}: {o}"));
+        }
+        return Ok(verdicts::refuses_client_cert(kind, None, &tried));
+    }
     let ca = load_ca(&ctx.target)?;
     let now = Utc::now();
     let minted = match kind {
         ClientCertKind::Expired => ca.issue(&LeafSpec::client(PROBE_CN, Window::Expired, now)),
         ClientCertKind::NotYetValid => ca.issue(&LeafSpec::client(PROBE_CN, Window::NotYetValid, now)),
-        ClientCertKind::UnknownCa => ca.impostor().and_then(|i| i.issue(&LeafSpec::client(PROBE_CN, Window::Valid, now))),
+        ClientCertKind::UnknownCa | ClientCertKind::Missing => {
+            ca.impostor().and_then(|i| i.issue(&LeafSpec::client(PROBE_CN, Window::Valid, now)))
+        }
     }
     .map_err(|e| StepEnd::Error(format!("cannot mint the test certificate: {e}")))?;
     let w = verdicts::window_pem(&minted.cert_pem).map_err(|e| StepEnd::Error(e.to_string()))?;
     let what = verdicts::describe_kind(kind, &w);
     (ctx.progress)(&st.name, &format!("presenting {what} to {} etcd endpoint(s)", etcd.endpoints.len()));
     st.log(format!("minted {what}: {}", verdicts::describe_window(&w)));
-    let tried = present_all(etcd, &material.ca_pem, &minted.cert_pem, &minted.key_pem).await?;
+    let tried = present_all(etcd, &material.ca_pem, Some((&minted.cert_pem, &minted.key_pem))).await?;
     for (e, o) in &tried {
         st.timeline.record("tls", format!("{e}: {o}"));
         st.log(format!("{e}: {o}"));
     }
-    Ok(verdicts::refuses_client_cert(kind, &w, &tried))
+    Ok(verdicts::refuses_client_cert(kind, Some(&w), &tried))
 }
 
 async fn control(ctx: &RunContext, st: &mut CaseState) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
@@ -121,7 +132,7 @@ async fn control(ctx: &RunContext, st: &mut CaseState) -> Result<(CheckOutcome, 
     let w = verdicts::window_pem(&minted.cert_pem).map_err(|e| StepEnd::Error(e.to_string()))?;
     (ctx.progress)(&st.name, &format!("presenting a valid control certificate to {} etcd endpoint(s)", etcd.endpoints.len()));
     st.log(format!("minted the control certificate: {}", verdicts::describe_window(&w)));
-    let tried = present_all(etcd, &material.ca_pem, &minted.cert_pem, &minted.key_pem).await?;
+    let tried = present_all(etcd, &material.ca_pem, Some((&minted.cert_pem, &minted.key_pem))).await?;
     // the same certificate through etcd-client: a real request, not only a handshake
     let with_control = EtcdTarget {
         tls: Some(TlsMaterial {

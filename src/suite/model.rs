@@ -247,7 +247,7 @@ pub enum CheckSpec {
         within: Duration,
     },
     /// Every etcd member refuses a client certificate of this kind (signed for the occasion),
-    /// with a TLS alert that is named.
+    /// or a client without one (`missing`), with a TLS alert that is named.
     EtcdRefusesClientCert { kind: ClientCertKind },
     /// Every etcd member accepts a valid client certificate signed by its CA, and answers a
     /// status request made with it (the control for the refusals).
@@ -270,6 +270,8 @@ pub enum ClientCertKind {
     NotYetValid,
     /// Valid dates, signed by a CA with the same name as the right one and another key.
     UnknownCa,
+    /// No client certificate at all.
+    Missing,
 }
 
 fn one() -> usize {

@@ -16,6 +16,9 @@ use hadrill::tls::mint::{Ca, LeafSpec, Usage, Window};
 pub struct EtcdOpts {
     /// `--client-cert-auth`: etcd refuses clients without a certificate its CA signed.
     pub client_cert_auth: bool,
+    /// `--trusted-ca-file`: without `--client-cert-auth`, etcd then verifies a client
+    /// certificate when one is given, and lets clients without one in.
+    pub trusted_ca: bool,
     /// Lifetime of the serving certificate, from an hour ago.
     pub serving_days: i64,
     /// SANs of the serving certificate.
@@ -24,7 +27,7 @@ pub struct EtcdOpts {
 
 impl Default for EtcdOpts {
     fn default() -> Self {
-        Self { client_cert_auth: true, serving_days: 365, sans: vec!["127.0.0.1".into(), "localhost".into()] }
+        Self { client_cert_auth: true, trusted_ca: true, serving_days: 365, sans: vec!["127.0.0.1".into(), "localhost".into()] }
     }
 }
 
@@ -101,13 +104,14 @@ impl TestEtcd {
                 .arg(p("server.crt"))
                 .arg("--key-file")
                 .arg(p("server.key"))
-                .arg("--trusted-ca-file")
-                .arg(p("ca.crt"))
                 .args(["--logger", "zap", "--log-level", "error", "--log-outputs"])
                 .arg(p("etcd.log"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
+            if opts.trusted_ca {
+                cmd.arg("--trusted-ca-file").arg(p("ca.crt"));
+            }
             if opts.client_cert_auth {
                 cmd.arg("--client-cert-auth");
             }
