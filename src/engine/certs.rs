@@ -20,15 +20,16 @@ use crate::tls::{self, HandshakeOutcome, Identity};
 const PROBE_CN: &str = "hadrill-certs-probe";
 
 /// The CA certificate and key that sign etcd's client certificates, when this target has
-/// them at hand: the rig's `ca.crt` and `<rig dir>/ca.key`.
+/// them at hand: the rig's CA certificate and the `ca.key` beside it (or in the rig's
+/// directory).
 fn ca_files(t: &Target) -> Result<(PathBuf, PathBuf), String> {
     let Some(rig) = &t.rig else {
         return Err("needs the key of the CA that etcd trusts for clients, to sign test certificates (the local rig's ca.key); this target has none".into());
     };
-    let key = rig.dir.join("ca.key");
-    match std::fs::metadata(&key) {
-        Ok(m) if m.is_file() => Ok((rig.ca_cert.clone(), key)),
-        _ => Err(format!("needs the CA key to sign test certificates: {} not found", key.display())),
+    let candidates = [rig.ca_cert.with_file_name("ca.key"), rig.dir.join("ca.key")];
+    match candidates.iter().find(|k| std::fs::metadata(k).is_ok_and(|m| m.is_file())) {
+        Some(k) => Ok((rig.ca_cert.clone(), k.clone())),
+        None => Err(format!("needs the CA key to sign test certificates: {} not found", candidates[0].display())),
     }
 }
 
