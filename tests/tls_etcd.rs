@@ -201,6 +201,19 @@ fn run_exits_3_naming_the_endpoint_and_the_reason() {
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.contains(&e.endpoint) && err.contains("not signed by the given CA (wrong --etcd-cacert?)"), "{err}");
 
+    // several endpoints, none passing: every endpoint's reason, still one line
+    let port = e.endpoint.rsplit(':').next().unwrap();
+    let two = format!("{},https://localhost:{port}", e.endpoint);
+    let out = hadrill(
+        &["--etcd-endpoints", &two, "--etcd-cacert", wrong.to_str().unwrap(), "--etcd-cert", cert, "--etcd-key", key, "run", "topology::"],
+        ledger.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert_eq!(err.matches("not signed by the given CA").count(), 2, "{err}");
+    assert!(err.contains(&format!("etcd https://localhost:{port}: ")), "{err}");
+
     // a client certificate etcd refuses: the alert is named
     let now = Utc::now();
     let expired = e.ca.issue(&LeafSpec::client("x", Window::Expired, now)).unwrap();
