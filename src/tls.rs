@@ -45,10 +45,17 @@ pub enum TlsError {
 pub enum ServerCertProblem {
     /// It does not chain to the CA we were given.
     UnknownIssuer,
-    Expired { not_after: Option<i64> },
-    NotValidYet { not_before: Option<i64> },
+    Expired {
+        not_after: Option<i64>,
+    },
+    NotValidYet {
+        not_before: Option<i64>,
+    },
     /// Its SANs do not cover the host we connected to.
-    NotValidForName { expected: String, presented: Vec<String> },
+    NotValidForName {
+        expected: String,
+        presented: Vec<String>,
+    },
     Other(String),
 }
 
@@ -122,18 +129,24 @@ impl fmt::Display for HandshakeOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Accepted { answer: Some(a), .. } => write!(f, "handshake accepted; the server answered `{a}`"),
-            Self::Accepted { answer: None, .. } => f.write_str("handshake accepted; no refusal within the read deadline"),
+            Self::Accepted { answer: None, .. } => {
+                f.write_str("handshake accepted; no refusal within the read deadline")
+            }
             Self::RefusedByServer { alert, client_cert } => {
                 write!(f, "the server refused the handshake with TLS alert {alert}")?;
                 match client_cert {
                     ClientCert::RequestedNoneSent => f.write_str(" (it requires a client certificate and we had none)"),
-                    ClientCert::Sent if is_certificate_alert(alert) => f.write_str(" (it rejected our client certificate)"),
+                    ClientCert::Sent if is_certificate_alert(alert) => {
+                        f.write_str(" (it rejected our client certificate)")
+                    }
                     _ => Ok(()),
                 }
             }
             Self::RefusedServerCert(p) => write!(f, "we refused the server's certificate: {p}"),
             Self::Connect(e) => write!(f, "cannot connect: {e}"),
-            Self::Timeout { phase, after } => write!(f, "no answer within {} ({phase})", humantime::format_duration(*after)),
+            Self::Timeout { phase, after } => {
+                write!(f, "no answer within {} ({phase})", humantime::format_duration(*after))
+            }
             Self::Failed(e) => f.write_str(e),
         }
     }
@@ -193,7 +206,8 @@ pub async fn handshake(
         Ok(Err(e)) => return Ok(classify(&e, resolver.client_cert())),
         Ok(Ok(s)) => s,
     };
-    let request = format!("GET /version HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: hadrill\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET /version HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: hadrill\r\nConnection: close\r\n\r\n");
     let mut buf = vec![0u8; 256];
     let exchange = async {
         tls.write_all(request.as_bytes()).await?;
@@ -272,7 +286,8 @@ pub async fn peer_chain(endpoint: &str, ca_pem: Option<&[u8]>, deadline: Duratio
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
     let name = ServerName::try_from(host).map_err(|_| TlsError::Endpoint(endpoint.into()))?;
-    let fail = |outcome: HandshakeOutcome| TlsError::Handshake { endpoint: endpoint.into(), outcome: Box::new(outcome) };
+    let fail =
+        |outcome: HandshakeOutcome| TlsError::Handshake { endpoint: endpoint.into(), outcome: Box::new(outcome) };
     let tcp = match tokio::time::timeout(deadline, TcpStream::connect(&authority)).await {
         Err(_) => return Err(fail(HandshakeOutcome::Timeout { phase: "TCP connect", after: deadline })),
         Ok(Err(e)) => return Err(fail(HandshakeOutcome::Connect(e.to_string()))),
@@ -331,10 +346,8 @@ fn certified_key(provider: &Arc<CryptoProvider>, id: Identity<'_>) -> Result<Arc
     if certs.is_empty() {
         return Err(TlsError::Pem { what: "client certificate" });
     }
-    let key = rustls_pemfile::private_key(&mut &id.key_pem[..])
-        .ok()
-        .flatten()
-        .ok_or(TlsError::Pem { what: "client key" })?;
+    let key =
+        rustls_pemfile::private_key(&mut &id.key_pem[..]).ok().flatten().ok_or(TlsError::Pem { what: "client key" })?;
     let signer = provider.key_provider.load_private_key(key).map_err(TlsError::Config)?;
     Ok(Arc::new(CertifiedKey::new(certs, signer)))
 }
@@ -490,13 +503,19 @@ mod tests {
     #[test]
     fn outcomes_read_as_one_line() {
         let o = HandshakeOutcome::RefusedServerCert(ServerCertProblem::UnknownIssuer);
-        assert_eq!(o.to_string(), "we refused the server's certificate: not signed by the given CA (wrong --etcd-cacert?)");
+        assert_eq!(
+            o.to_string(),
+            "we refused the server's certificate: not signed by the given CA (wrong --etcd-cacert?)"
+        );
         let o = HandshakeOutcome::RefusedByServer { alert: "BadCertificate".into(), client_cert: ClientCert::Sent };
         assert_eq!(
             o.to_string(),
             "the server refused the handshake with TLS alert BadCertificate (it rejected our client certificate)"
         );
         let o = HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { not_after: Some(0) });
-        assert_eq!(o.to_string(), "we refused the server's certificate: it has expired (notAfter 1970-01-01 00:00:00Z)");
+        assert_eq!(
+            o.to_string(),
+            "we refused the server's certificate: it has expired (notAfter 1970-01-01 00:00:00Z)"
+        );
     }
 }

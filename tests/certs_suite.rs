@@ -85,7 +85,12 @@ async fn passes_on_an_etcd_that_checks_client_certificates() {
 async fn fails_on_an_etcd_without_client_cert_auth_and_a_short_serving_cert() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // no --client-cert-auth and no --trusted-ca-file: etcd does not even ask for a certificate
-    let e = TestEtcd::start(EtcdOpts { client_cert_auth: false, trusted_ca: false, serving_days: 10, ..Default::default() });
+    let e = TestEtcd::start(EtcdOpts {
+        client_cert_auth: false,
+        trusted_ca: false,
+        serving_days: 10,
+        ..Default::default()
+    });
     let ledger = tempfile::tempdir().unwrap();
     let ctx = context(&e, Some(e.dir.path()), ledger.path());
 
@@ -137,7 +142,13 @@ async fn control_fails_when_the_ca_key_at_hand_is_not_the_one_etcd_trusts() {
     let ctx = context(&e, Some(rig.path()), ledger.path());
     let v = run(&ctx, "etcd_accepts_control_client_cert").await;
     let m = failed(&v);
-    assert!(m.contains(&format!("etcd {} REFUSED a valid client certificate signed by its CA (TLS alert BadCertificate)", e.endpoint)), "{m}");
+    assert!(
+        m.contains(&format!(
+            "etcd {} REFUSED a valid client certificate signed by its CA (TLS alert BadCertificate)",
+            e.endpoint
+        )),
+        "{m}"
+    );
 }
 
 #[tokio::test]

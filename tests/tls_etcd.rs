@@ -19,15 +19,24 @@ fn read(p: &std::path::Path) -> Vec<u8> {
 }
 
 async fn present(e: &TestEtcd, cert: &str, key: &str) -> HandshakeOutcome {
-    handshake(&e.endpoint, e.ca.cert_pem().as_bytes(), Some(Identity { cert_pem: cert.as_bytes(), key_pem: key.as_bytes() }), T)
-        .await
-        .unwrap()
+    handshake(
+        &e.endpoint,
+        e.ca.cert_pem().as_bytes(),
+        Some(Identity { cert_pem: cert.as_bytes(), key_pem: key.as_bytes() }),
+        T,
+    )
+    .await
+    .unwrap()
 }
 
 fn assert_refused(o: &HandshakeOutcome, what: &str) -> String {
     match o {
         HandshakeOutcome::RefusedByServer { alert, client_cert } => {
-            assert_eq!(*client_cert, ClientCert::Sent, "{what}: etcd with --client-cert-auth must ask for a certificate");
+            assert_eq!(
+                *client_cert,
+                ClientCert::Sent,
+                "{what}: etcd with --client-cert-auth must ask for a certificate"
+            );
             alert.clone()
         }
         other => panic!("{what}: expected a refusal by the server, got: {other}"),
@@ -41,9 +50,13 @@ async fn etcd_accepts_good_and_names_every_refusal() {
 
     // the client certificate etcd trusts: accepted, and etcd answers our request
     let (c, k) = (read(&e.client_crt), read(&e.client_key));
-    let o = handshake(&e.endpoint, e.ca.cert_pem().as_bytes(), Some(Identity { cert_pem: &c, key_pem: &k }), T).await.unwrap();
+    let o = handshake(&e.endpoint, e.ca.cert_pem().as_bytes(), Some(Identity { cert_pem: &c, key_pem: &k }), T)
+        .await
+        .unwrap();
     match &o {
-        HandshakeOutcome::Accepted { answer: Some(a), client_cert: ClientCert::Sent } => assert!(a.starts_with("HTTP/1.1 200"), "{a}"),
+        HandshakeOutcome::Accepted { answer: Some(a), client_cert: ClientCert::Sent } => {
+            assert!(a.starts_with("HTTP/1.1 200"), "{a}")
+        }
         other => panic!("expected accepted with an answer, got: {other}\netcd log:\n{}", e.log()),
     }
 
@@ -52,9 +65,15 @@ async fn etcd_accepts_good_and_names_every_refusal() {
     let alert = assert_refused(&present(&e, &expired.cert_pem, &expired.key_pem).await, "expired");
     assert_eq!(alert, "BadCertificate", "etcd (Go) sends bad_certificate for an expired client certificate");
     let future = e.ca.issue(&LeafSpec::client("x", Window::NotYetValid, now)).unwrap();
-    assert_eq!(assert_refused(&present(&e, &future.cert_pem, &future.key_pem).await, "not yet valid"), "BadCertificate");
+    assert_eq!(
+        assert_refused(&present(&e, &future.cert_pem, &future.key_pem).await, "not yet valid"),
+        "BadCertificate"
+    );
     let impostor = e.ca.impostor().unwrap().issue(&LeafSpec::client("x", Window::Valid, now)).unwrap();
-    assert_eq!(assert_refused(&present(&e, &impostor.cert_pem, &impostor.key_pem).await, "unknown CA"), "BadCertificate");
+    assert_eq!(
+        assert_refused(&present(&e, &impostor.cert_pem, &impostor.key_pem).await, "unknown CA"),
+        "BadCertificate"
+    );
 
     // no client certificate at all: certificate_required from Go >= 1.21, bad_certificate
     // from the Go that builds Debian's etcd 3.4
@@ -69,7 +88,9 @@ async fn etcd_accepts_good_and_names_every_refusal() {
 
     // we refuse etcd: wrong CA, wrong name
     let other = Ca::generate("some-other-ca").unwrap();
-    let o = handshake(&e.endpoint, other.cert_pem().as_bytes(), Some(Identity { cert_pem: &c, key_pem: &k }), T).await.unwrap();
+    let o = handshake(&e.endpoint, other.cert_pem().as_bytes(), Some(Identity { cert_pem: &c, key_pem: &k }), T)
+        .await
+        .unwrap();
     assert_eq!(o, HandshakeOutcome::RefusedServerCert(ServerCertProblem::UnknownIssuer));
     assert!(o.to_string().contains("not signed by the given CA (wrong --etcd-cacert?)"));
 }
@@ -79,9 +100,14 @@ async fn wrong_name_is_named() {
     let e = TestEtcd::start(EtcdOpts { sans: vec!["127.0.0.1".into()], ..Default::default() });
     let port = e.endpoint.rsplit(':').next().unwrap();
     let (c, k) = (read(&e.client_crt), read(&e.client_key));
-    let o = handshake(&format!("https://localhost:{port}"), e.ca.cert_pem().as_bytes(), Some(Identity { cert_pem: &c, key_pem: &k }), T)
-        .await
-        .unwrap();
+    let o = handshake(
+        &format!("https://localhost:{port}"),
+        e.ca.cert_pem().as_bytes(),
+        Some(Identity { cert_pem: &c, key_pem: &k }),
+        T,
+    )
+    .await
+    .unwrap();
     match o {
         HandshakeOutcome::RefusedServerCert(ServerCertProblem::NotValidForName { expected, presented }) => {
             assert_eq!(expected, "localhost");
@@ -117,15 +143,27 @@ async fn closed_port_and_silent_server() {
         let (_s, _) = l.accept().await.unwrap();
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
-    let o = handshake(&format!("https://{addr}"), ca.cert_pem().as_bytes(), None, Duration::from_millis(500)).await.unwrap();
+    let o = handshake(&format!("https://{addr}"), ca.cert_pem().as_bytes(), None, Duration::from_millis(500))
+        .await
+        .unwrap();
     assert_eq!(o, HandshakeOutcome::Timeout { phase: "TLS handshake", after: Duration::from_millis(500) });
     hold.abort();
 }
 
 /// A real TLS server (rustls, in process) with a serving certificate of the given window.
-async fn rustls_server(ca: &Ca, not_before: chrono::DateTime<Utc>, not_after: chrono::DateTime<Utc>) -> (String, tokio::task::JoinHandle<()>) {
+async fn rustls_server(
+    ca: &Ca,
+    not_before: chrono::DateTime<Utc>,
+    not_after: chrono::DateTime<Utc>,
+) -> (String, tokio::task::JoinHandle<()>) {
     let m = ca
-        .issue(&LeafSpec { common_name: "srv".into(), sans: vec!["127.0.0.1".into()], usage: Usage::Server, not_before, not_after })
+        .issue(&LeafSpec {
+            common_name: "srv".into(),
+            sans: vec!["127.0.0.1".into()],
+            usage: Usage::Server,
+            not_before,
+            not_after,
+        })
         .unwrap();
     let certs = rustls_pemfile::certs(&mut m.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
     let key = rustls_pemfile::private_key(&mut m.key_pem.as_bytes()).unwrap().unwrap();
@@ -193,7 +231,18 @@ fn run_exits_3_naming_the_endpoint_and_the_reason() {
     let (ca, cert, key) = (e.ca_crt.to_str().unwrap(), e.client_crt.to_str().unwrap(), e.client_key.to_str().unwrap());
 
     let out = hadrill(
-        &["--etcd-endpoints", &e.endpoint, "--etcd-cacert", wrong.to_str().unwrap(), "--etcd-cert", cert, "--etcd-key", key, "run", "topology::"],
+        &[
+            "--etcd-endpoints",
+            &e.endpoint,
+            "--etcd-cacert",
+            wrong.to_str().unwrap(),
+            "--etcd-cert",
+            cert,
+            "--etcd-key",
+            key,
+            "run",
+            "topology::",
+        ],
         ledger.path(),
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -205,7 +254,18 @@ fn run_exits_3_naming_the_endpoint_and_the_reason() {
     let port = e.endpoint.rsplit(':').next().unwrap();
     let two = format!("{},https://localhost:{port}", e.endpoint);
     let out = hadrill(
-        &["--etcd-endpoints", &two, "--etcd-cacert", wrong.to_str().unwrap(), "--etcd-cert", cert, "--etcd-key", key, "run", "topology::"],
+        &[
+            "--etcd-endpoints",
+            &two,
+            "--etcd-cacert",
+            wrong.to_str().unwrap(),
+            "--etcd-cert",
+            cert,
+            "--etcd-key",
+            key,
+            "run",
+            "topology::",
+        ],
         ledger.path(),
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -221,7 +281,18 @@ fn run_exits_3_naming_the_endpoint_and_the_reason() {
     std::fs::write(&xc, &expired.cert_pem).unwrap();
     tls_support::write_secret(&xk, &expired.key_pem);
     let out = hadrill(
-        &["--etcd-endpoints", &e.endpoint, "--etcd-cacert", ca, "--etcd-cert", xc.to_str().unwrap(), "--etcd-key", xk.to_str().unwrap(), "run", "topology::"],
+        &[
+            "--etcd-endpoints",
+            &e.endpoint,
+            "--etcd-cacert",
+            ca,
+            "--etcd-cert",
+            xc.to_str().unwrap(),
+            "--etcd-key",
+            xk.to_str().unwrap(),
+            "run",
+            "topology::",
+        ],
         ledger.path(),
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -230,7 +301,21 @@ fn run_exits_3_naming_the_endpoint_and_the_reason() {
     assert!(err.contains(&e.endpoint) && err.contains("TLS alert BadCertificate"), "{err}");
 
     // the right material passes the preflight (topology then runs against one member)
-    let out = hadrill(&["--etcd-endpoints", &e.endpoint, "--etcd-cacert", ca, "--etcd-cert", cert, "--etcd-key", key, "run", "topology::etcd_one_leader"], ledger.path());
+    let out = hadrill(
+        &[
+            "--etcd-endpoints",
+            &e.endpoint,
+            "--etcd-cacert",
+            ca,
+            "--etcd-cert",
+            cert,
+            "--etcd-key",
+            key,
+            "run",
+            "topology::etcd_one_leader",
+        ],
+        ledger.path(),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(3), "stderr: {err}");
 }

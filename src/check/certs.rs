@@ -34,7 +34,9 @@ pub struct CertWindow {
 pub fn window(der: &[u8]) -> Result<CertWindow, CertError> {
     let (_, c) = parse_x509_certificate(der).map_err(|e| CertError::Parse(e.to_string()))?;
     let v = c.validity();
-    let ts = |t: &ASN1Time| DateTime::from_timestamp(t.timestamp(), 0).ok_or_else(|| CertError::Parse("time out of range".into()));
+    let ts = |t: &ASN1Time| {
+        DateTime::from_timestamp(t.timestamp(), 0).ok_or_else(|| CertError::Parse("time out of range".into()))
+    };
     Ok(CertWindow {
         subject: c.subject().to_string(),
         issuer: c.issuer().to_string(),
@@ -45,7 +47,8 @@ pub fn window(der: &[u8]) -> Result<CertWindow, CertError> {
 
 /// The window of the first certificate of a PEM bundle.
 pub fn window_pem(pem: &str) -> Result<CertWindow, CertError> {
-    let der = rustls_pemfile::certs(&mut pem.as_bytes()).next().ok_or(CertError::NoPem)?.map_err(|_| CertError::NoPem)?;
+    let der =
+        rustls_pemfile::certs(&mut pem.as_bytes()).next().ok_or(CertError::NoPem)?.map_err(|_| CertError::NoPem)?;
     window(&der)
 }
 
@@ -58,11 +61,20 @@ pub fn days_left(w: &CertWindow, now: DateTime<Utc>) -> i64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Validity {
     /// Valid now and for at least the threshold.
-    Valid { days_left: i64 },
+    Valid {
+        days_left: i64,
+    },
     /// Valid now, but for less than the threshold.
-    ExpiresSoon { days_left: i64, min_days: i64 },
-    Expired { since: DateTime<Utc> },
-    NotYetValid { from: DateTime<Utc> },
+    ExpiresSoon {
+        days_left: i64,
+        min_days: i64,
+    },
+    Expired {
+        since: DateTime<Utc>,
+    },
+    NotYetValid {
+        from: DateTime<Utc>,
+    },
 }
 
 impl Validity {
@@ -94,7 +106,13 @@ fn stamp(t: DateTime<Utc>) -> String {
 
 /// One line of evidence about a certificate.
 pub fn describe_window(w: &CertWindow) -> String {
-    format!("subject `{}` issuer `{}` notBefore {} notAfter {}", w.subject, w.issuer, stamp(w.not_before), stamp(w.not_after))
+    format!(
+        "subject `{}` issuer `{}` notBefore {} notAfter {}",
+        w.subject,
+        w.issuer,
+        stamp(w.not_before),
+        stamp(w.not_after)
+    )
 }
 
 /// Every etcd serving certificate is valid for at least `min_days`. `read` holds what was read
@@ -150,7 +168,9 @@ pub fn serving_certs(
         )
     };
     if let Some(l) = least {
-        out = out.with_measurement(Measurement::new("etcd_serving_cert_days_left", l as f64, "days").with_bound(min_days as f64));
+        out = out.with_measurement(
+            Measurement::new("etcd_serving_cert_days_left", l as f64, "days").with_bound(min_days as f64),
+        );
     }
     (out.with_evidence(evidence), unreadable)
 }
@@ -178,7 +198,9 @@ pub fn refuses_client_cert(
     const N: &str = "etcd_refuses_client_cert";
     let (what, mut evidence) = match cert {
         Some(c) => (describe_kind(kind, c), format!("presented: {}\n", describe_window(c))),
-        None => (describe_kind(ClientCertKind::Missing, &placeholder()), "presented: no client certificate\n".to_string()),
+        None => {
+            (describe_kind(ClientCertKind::Missing, &placeholder()), "presented: no client certificate\n".to_string())
+        }
     };
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
@@ -209,7 +231,12 @@ pub fn refuses_client_cert(
 }
 
 fn placeholder() -> CertWindow {
-    CertWindow { subject: String::new(), issuer: String::new(), not_before: DateTime::UNIX_EPOCH, not_after: DateTime::UNIX_EPOCH }
+    CertWindow {
+        subject: String::new(),
+        issuer: String::new(),
+        not_before: DateTime::UNIX_EPOCH,
+        not_after: DateTime::UNIX_EPOCH,
+    }
 }
 
 /// What presenting the valid control certificate to one endpoint gave: the handshake, and
@@ -235,21 +262,25 @@ pub fn accepts_control_cert(cert: &CertWindow, probes: &[ControlProbe]) -> (Chec
         let ep = &p.endpoint;
         evidence.push_str(&format!("  {ep}: {}", p.handshake));
         if let Some(s) = &p.status {
-            evidence.push_str(&format!("; status: {}", match s {
-                Ok(v) => format!("ok, version {v}"),
-                Err(e) => e.clone(),
-            }));
+            evidence.push_str(&format!(
+                "; status: {}",
+                match s {
+                    Ok(v) => format!("ok, version {v}"),
+                    Err(e) => e.clone(),
+                }
+            ));
         }
         evidence.push('\n');
         match (&p.handshake, &p.status) {
-            (HandshakeOutcome::RefusedByServer { alert, .. }, _) => {
-                refused.push(format!("etcd {ep} REFUSED a valid client certificate signed by its CA (TLS alert {alert})"))
-            }
+            (HandshakeOutcome::RefusedByServer { alert, .. }, _) => refused
+                .push(format!("etcd {ep} REFUSED a valid client certificate signed by its CA (TLS alert {alert})")),
             (HandshakeOutcome::Accepted { .. }, Some(Ok(v))) => ok.push(format!("{ep} (etcd {v})")),
-            (HandshakeOutcome::Accepted { .. }, Some(Err(e))) => {
-                refused.push(format!("etcd {ep} accepted the control certificate's handshake but a status request with it failed: {e}"))
+            (HandshakeOutcome::Accepted { .. }, Some(Err(e))) => refused.push(format!(
+                "etcd {ep} accepted the control certificate's handshake but a status request with it failed: {e}"
+            )),
+            (HandshakeOutcome::Accepted { .. }, None) => {
+                untested.push(format!("etcd {ep}: no status request was made"))
             }
-            (HandshakeOutcome::Accepted { .. }, None) => untested.push(format!("etcd {ep}: no status request was made")),
             (other, _) => untested.push(format!("etcd {ep}: could not present the control certificate: {other}")),
         }
     }
@@ -269,7 +300,13 @@ mod tests {
     fn minted(nb: DateTime<Utc>, na: DateTime<Utc>) -> CertWindow {
         let ca = Ca::generate("test-ca").unwrap();
         let m = ca
-            .issue(&LeafSpec { common_name: "leaf".into(), sans: vec!["10.0.0.1".into()], usage: Usage::Server, not_before: nb, not_after: na })
+            .issue(&LeafSpec {
+                common_name: "leaf".into(),
+                sans: vec!["10.0.0.1".into()],
+                usage: Usage::Server,
+                not_before: nb,
+                not_after: na,
+            })
             .unwrap();
         window_pem(&m.cert_pem).unwrap()
     }
@@ -312,14 +349,19 @@ mod tests {
         let (o, unreadable) = serving_certs(&[("https://10.0.0.1:2379".into(), Ok(w.clone()))], n, 30);
         assert!(!o.passed);
         assert!(unreadable.is_empty());
-        assert!(o.message.contains("etcd https://10.0.0.1:2379 serving certificate expires in 10 days"), "{}", o.message);
+        assert!(
+            o.message.contains("etcd https://10.0.0.1:2379 serving certificate expires in 10 days"),
+            "{}",
+            o.message
+        );
         let (o, _) = serving_certs(&[("https://10.0.0.1:2379".into(), Ok(w))], n, 5);
         assert!(o.passed, "{}", o.message);
     }
 
     #[test]
     fn unreadable_serving_cert_is_not_a_pass_by_omission() {
-        let (o, unreadable) = serving_certs(&[("https://10.0.0.9:2379".into(), Err("cannot connect".into()))], now(), 30);
+        let (o, unreadable) =
+            serving_certs(&[("https://10.0.0.9:2379".into(), Err("cannot connect".into()))], now(), 30);
         assert_eq!(unreadable.len(), 1);
         assert!(o.passed, "the verdict covers only what was read; the engine turns `unreadable` into an error");
     }
@@ -329,8 +371,14 @@ mod tests {
         let n = now();
         let w = minted(n - Duration::days(31), DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z").unwrap().into());
         let tried = vec![
-            ("https://10.213.0.11:2379".to_string(), HandshakeOutcome::Accepted { answer: Some("HTTP/1.1 200 OK".into()), client_cert: ClientCert::Sent }),
-            ("https://10.213.0.12:2379".to_string(), HandshakeOutcome::RefusedByServer { alert: "BadCertificate".into(), client_cert: ClientCert::Sent }),
+            (
+                "https://10.213.0.11:2379".to_string(),
+                HandshakeOutcome::Accepted { answer: Some("HTTP/1.1 200 OK".into()), client_cert: ClientCert::Sent },
+            ),
+            (
+                "https://10.213.0.12:2379".to_string(),
+                HandshakeOutcome::RefusedByServer { alert: "BadCertificate".into(), client_cert: ClientCert::Sent },
+            ),
         ];
         let (o, untested) = refuses_client_cert(ClientCertKind::Expired, Some(&w), &tried);
         assert!(!o.passed);
@@ -348,14 +396,23 @@ mod tests {
     fn server_that_does_not_ask_is_called_out() {
         let n = now();
         let w = minted(n - Duration::days(1), n + Duration::days(1));
-        let tried = vec![("https://h:2379".to_string(), HandshakeOutcome::Accepted { answer: None, client_cert: ClientCert::NotRequested })];
+        let tried = vec![(
+            "https://h:2379".to_string(),
+            HandshakeOutcome::Accepted { answer: None, client_cert: ClientCert::NotRequested },
+        )];
         let (o, _) = refuses_client_cert(ClientCertKind::UnknownCa, Some(&w), &tried);
         assert!(!o.passed);
         assert!(o.message.contains("unknown CA") && o.message.contains("--client-cert-auth"), "{}", o.message);
         let tried = vec![("https://h:2379".to_string(), HandshakeOutcome::Connect("connection refused".into()))];
         let (o, untested) = refuses_client_cert(ClientCertKind::NotYetValid, Some(&w), &tried);
-        assert!(o.passed && untested.len() == 1, "an endpoint that could not be tested is reported, not passed silently");
-        let tried = vec![("https://h:2379".to_string(), HandshakeOutcome::Accepted { answer: None, client_cert: ClientCert::RequestedNoneSent })];
+        assert!(
+            o.passed && untested.len() == 1,
+            "an endpoint that could not be tested is reported, not passed silently"
+        );
+        let tried = vec![(
+            "https://h:2379".to_string(),
+            HandshakeOutcome::Accepted { answer: None, client_cert: ClientCert::RequestedNoneSent },
+        )];
         let (o, _) = refuses_client_cert(ClientCertKind::Missing, None, &tried);
         assert_eq!(o.message, "etcd https://h:2379 ACCEPTED a client without a certificate");
     }
@@ -365,11 +422,18 @@ mod tests {
         let n = now();
         let w = minted(n - Duration::hours(1), n + Duration::days(1));
         let acc = HandshakeOutcome::Accepted { answer: Some("HTTP/1.1 200 OK".into()), client_cert: ClientCert::Sent };
-        let good = ControlProbe { endpoint: "https://a:2379".into(), handshake: acc.clone(), status: Some(Ok("3.4.23".into())) };
-        assert!(accepts_control_cert(&w, &[good.clone()]).0.passed);
+        let good = ControlProbe {
+            endpoint: "https://a:2379".into(),
+            handshake: acc.clone(),
+            status: Some(Ok("3.4.23".into())),
+        };
+        assert!(accepts_control_cert(&w, std::slice::from_ref(&good)).0.passed);
         let refused = ControlProbe {
             endpoint: "https://b:2379".into(),
-            handshake: HandshakeOutcome::RefusedByServer { alert: "BadCertificate".into(), client_cert: ClientCert::Sent },
+            handshake: HandshakeOutcome::RefusedByServer {
+                alert: "BadCertificate".into(),
+                client_cert: ClientCert::Sent,
+            },
             status: None,
         };
         let (o, _) = accepts_control_cert(&w, &[good.clone(), refused]);

@@ -86,7 +86,10 @@ pub fn parse_policy(text: &str) -> Result<Policy, SkewError> {
     for r in &p.components {
         for e in &r.exceptions {
             if parse_minor(&e.below).is_none() {
-                return Err(SkewError::Policy(format!("{}: exception `below: {}` is not MAJOR.MINOR", r.component, e.below)));
+                return Err(SkewError::Policy(format!(
+                    "{}: exception `below: {}` is not MAJOR.MINOR",
+                    r.component, e.below
+                )));
             }
         }
     }
@@ -205,14 +208,18 @@ pub fn check(policy: &Policy, versions: &[ComponentVersion]) -> Result<Vec<Viola
             version: newest.c.version.clone(),
             apiserver_node: oldest.c.node.clone(),
             apiserver_version: oldest.c.version.clone(),
-            rule: format!("the newest and oldest kube-apiserver must be within {} minor version(s)", policy.apiserver.max_spread),
+            rule: format!(
+                "the newest and oldest kube-apiserver must be within {} minor version(s)",
+                policy.apiserver.max_spread
+            ),
             skew: spread,
         });
     }
     for p in parsed.iter().filter(|p| p.c.component != policy.apiserver.component) {
-        let rule = policy.components.iter().find(|r| r.component == p.c.component).ok_or_else(|| {
-            SkewError::UnknownComponent { component: p.c.component.clone(), node: p.c.node.clone() }
-        })?;
+        let rule =
+            policy.components.iter().find(|r| r.component == p.c.component).ok_or_else(|| {
+                SkewError::UnknownComponent { component: p.c.component.clone(), node: p.c.node.clone() }
+            })?;
         // newer: the oldest apiserver is the one it must not outrun
         let newer = oldest.v.to(p.v);
         if newer > rule.max_newer as i64 {
@@ -228,7 +235,9 @@ pub fn check(policy: &Policy, versions: &[ComponentVersion]) -> Result<Vec<Viola
         let (limit, exception) = rule.max_older_for(p.v);
         if older > limit as i64 {
             let allowed = match exception {
-                Some(e) => format!("{} below {} may be at most {limit} minor version(s) older", rule.component, e.below),
+                Some(e) => {
+                    format!("{} below {} may be at most {limit} minor version(s) older", rule.component, e.below)
+                }
                 None => format!("at most {limit} minor version(s) older than any kube-apiserver"),
             };
             out.push(violation(p, newest, allowed, -older));
@@ -398,7 +407,11 @@ mod tests {
         let v = violations(&vs);
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v[0].to_string().starts_with("kubectl on old-box is v1.28.3, 2 minor version(s) older"), "{}", v[0]);
-        assert!(v[1].to_string().starts_with("kubectl on new-box is v1.32.0-rc.1, 2 minor version(s) newer"), "{}", v[1]);
+        assert!(
+            v[1].to_string().starts_with("kubectl on new-box is v1.32.0-rc.1, 2 minor version(s) newer"),
+            "{}",
+            v[1]
+        );
     }
 
     #[test]

@@ -44,7 +44,8 @@ fn load_ca(t: &Target) -> Result<Ca, StepEnd> {
         std::fs::read_to_string(p).map_err(|e| StepEnd::Error(format!("cannot read {}: {e}", p.display())))
     };
     let (c, k) = (read(&cert)?, read(&key)?);
-    Ca::from_pem(&c, &k).map_err(|e| StepEnd::Error(format!("cannot sign with {} and {}: {e}", cert.display(), key.display())))
+    Ca::from_pem(&c, &k)
+        .map_err(|e| StepEnd::Error(format!("cannot sign with {} and {}: {e}", cert.display(), key.display())))
 }
 
 fn tls_etcd(ctx: &RunContext) -> Result<(&EtcdTarget, &TlsMaterial), StepEnd> {
@@ -80,10 +81,15 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Re
     Ok(outcome)
 }
 
-async fn present_all(etcd: &EtcdTarget, ca_pem: &[u8], id: Option<(&str, &str)>) -> Result<Vec<(String, HandshakeOutcome)>, StepEnd> {
+async fn present_all(
+    etcd: &EtcdTarget,
+    ca_pem: &[u8],
+    id: Option<(&str, &str)>,
+) -> Result<Vec<(String, HandshakeOutcome)>, StepEnd> {
     let identity = || id.map(|(c, k)| Identity { cert_pem: c.as_bytes(), key_pem: k.as_bytes() });
     let d = deadline(etcd);
-    let results = futures::future::join_all(etcd.endpoints.iter().map(|e| tls::handshake(e, ca_pem, identity(), d))).await;
+    let results =
+        futures::future::join_all(etcd.endpoints.iter().map(|e| tls::handshake(e, ca_pem, identity(), d))).await;
     etcd.endpoints
         .iter()
         .zip(results)
@@ -91,10 +97,17 @@ async fn present_all(etcd: &EtcdTarget, ca_pem: &[u8], id: Option<(&str, &str)>)
         .collect()
 }
 
-async fn refuses(ctx: &RunContext, kind: ClientCertKind, st: &mut CaseState) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
+async fn refuses(
+    ctx: &RunContext,
+    kind: ClientCertKind,
+    st: &mut CaseState,
+) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
     let (etcd, material) = tls_etcd(ctx)?;
     if kind == ClientCertKind::Missing {
-        (ctx.progress)(&st.name, &format!("connecting without a client certificate to {} etcd endpoint(s)", etcd.endpoints.len()));
+        (ctx.progress)(
+            &st.name,
+            &format!("connecting without a client certificate to {} etcd endpoint(s)", etcd.endpoints.len()),
+        );
         let tried = present_all(etcd, &material.ca_pem, None).await?;
         for (e, o) in &tried {
             st.timeline.record("tls", format!("{e}: {o}"));
@@ -131,7 +144,10 @@ async fn control(ctx: &RunContext, st: &mut CaseState) -> Result<(CheckOutcome, 
         .issue(&LeafSpec::client(PROBE_CN, Window::Valid, Utc::now()))
         .map_err(|e| StepEnd::Error(format!("cannot mint the control certificate: {e}")))?;
     let w = verdicts::window_pem(&minted.cert_pem).map_err(|e| StepEnd::Error(e.to_string()))?;
-    (ctx.progress)(&st.name, &format!("presenting a valid control certificate to {} etcd endpoint(s)", etcd.endpoints.len()));
+    (ctx.progress)(
+        &st.name,
+        &format!("presenting a valid control certificate to {} etcd endpoint(s)", etcd.endpoints.len()),
+    );
     st.log(format!("minted the control certificate: {}", verdicts::describe_window(&w)));
     let tried = present_all(etcd, &material.ca_pem, Some((&minted.cert_pem, &minted.key_pem))).await?;
     // the same certificate through etcd-client: a real request, not only a handshake
@@ -170,7 +186,8 @@ async fn serving(ctx: &RunContext, min_days: i64, st: &mut CaseState) -> Result<
     let (etcd, material) = tls_etcd(ctx)?;
     (ctx.progress)(&st.name, &format!("reading the serving certificates of {} etcd endpoint(s)", etcd.endpoints.len()));
     let d = deadline(etcd);
-    let chains = futures::future::join_all(etcd.endpoints.iter().map(|e| tls::peer_chain(e, Some(&material.ca_pem), d))).await;
+    let chains =
+        futures::future::join_all(etcd.endpoints.iter().map(|e| tls::peer_chain(e, Some(&material.ca_pem), d))).await;
     let mut read = Vec::new();
     for (e, c) in etcd.endpoints.iter().zip(chains) {
         let r = match c {

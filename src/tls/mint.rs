@@ -269,10 +269,10 @@ fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
 }
 
 fn sec1_to_pkcs8(sec1: &[u8]) -> Result<Vec<u8>, MintError> {
-    let curve = [OID_P256, OID_P384]
-        .into_iter()
-        .find(|oid| sec1.windows(oid.len()).any(|w| w == *oid))
-        .ok_or_else(|| MintError::CaKey("EC key on a curve other than P-256 or P-384, or without its curve named".into()))?;
+    let curve =
+        [OID_P256, OID_P384].into_iter().find(|oid| sec1.windows(oid.len()).any(|w| w == *oid)).ok_or_else(|| {
+            MintError::CaKey("EC key on a curve other than P-256 or P-384, or without its curve named".into())
+        })?;
     let mut alg = OID_EC_PUBLIC_KEY.to_vec();
     alg.extend_from_slice(curve);
     Ok(private_key_info(&alg, sec1))

@@ -27,7 +27,12 @@ pub struct EtcdOpts {
 
 impl Default for EtcdOpts {
     fn default() -> Self {
-        Self { client_cert_auth: true, trusted_ca: true, serving_days: 365, sans: vec!["127.0.0.1".into(), "localhost".into()] }
+        Self {
+            client_cert_auth: true,
+            trusted_ca: true,
+            serving_days: 365,
+            sans: vec!["127.0.0.1".into(), "localhost".into()],
+        }
     }
 }
 
