@@ -1,7 +1,9 @@
 //! Checks: assertions over the cluster or a timeline. Each returns a [`CheckOutcome`] whose
 //! failure message is one line (expected, observed, where) and whose evidence holds the rest.
 
+pub mod certs;
 pub mod quorum;
+pub mod skew;
 pub mod topology;
 
 use crate::report::Measurement;

@@ -120,13 +120,18 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
 pub async fn reach(t: &mut Target) -> Result<(), Fatal> {
     if let Some(etcd) = &t.etcd {
         // a direct TLS handshake names certificate problems that the gRPC client hides
+        let mut refused = Vec::new();
         for e in &etcd.endpoints {
             if let Err(why) = crate::tls::preflight(etcd, e).await {
-                if etcd.endpoints.len() == 1 {
-                    return Err(Fatal::unreachable(format!("etcd {e}: {why}")));
-                }
-                tracing::warn!("etcd {e}: {why}");
+                refused.push(format!("etcd {e}: {why}"));
             }
+        }
+        // when no endpoint passes, the reasons are the error (gRPC would only say "transport error")
+        if refused.len() == etcd.endpoints.len() {
+            return Err(Fatal::unreachable(refused.join("; ")));
+        }
+        for r in &refused {
+            tracing::warn!("{r}");
         }
         let v = crate::probe::etcd::cluster_view(etcd)
             .await

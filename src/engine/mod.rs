@@ -2,6 +2,7 @@
 //! injects on a reverse-order stack that is unwound whatever happens (failed check, error,
 //! panic), and turns all of it into a [`Verdict`] with the timeline and measured figures.
 
+mod certs;
 mod quorum;
 pub mod selftest;
 mod steps;
@@ -222,6 +223,7 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
                     return Err("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into());
                 }
             }
+            Requirement::EtcdCaKey => certs::ca_key_available(t)?,
         }
     }
     Ok(())

@@ -49,6 +49,9 @@ pub enum Requirement {
     MemberNetworkIsolation,
     /// A Kubernetes API through a kubeconfig.
     Kubernetes,
+    /// The key of the CA that etcd trusts for clients is at hand (the rig's `ca.key`), so
+    /// client certificates can be minted for the `certs` suite.
+    EtcdCaKey,
 }
 
 /// A step of a case, run in order. Faults injected by earlier steps stay until a `heal` step
@@ -247,6 +250,18 @@ pub enum CheckSpec {
     /// runner and the reporters without a cluster. Refused when loading unless
     /// `HADRILL_SELFTEST=1`; never allowed in a built-in suite.
     HarnessSelftest(SelftestOutcome),
+    /// Every etcd member refuses a client certificate of this kind (signed for the occasion),
+    /// or a client without one (`missing`), with a TLS alert that is named.
+    EtcdRefusesClientCert { kind: ClientCertKind },
+    /// Every etcd member accepts a valid client certificate signed by its CA, and answers a
+    /// status request made with it (the control for the refusals).
+    EtcdAcceptsControlCert,
+    /// Every etcd member's serving certificate (client port, read over TLS) stays valid for
+    /// at least `min_days`.
+    EtcdServingCertValidFor {
+        #[serde(default = "default_min_days")]
+        min_days: i64,
+    },
 }
 
 /// How a `harness_selftest` check ends its case.
@@ -258,6 +273,20 @@ pub enum SelftestOutcome {
     Error,
     Panic,
     Skip,
+}
+
+/// What is wrong with a client certificate that the `certs` suite presents.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertKind {
+    /// Signed by the right CA; its notAfter has passed.
+    Expired,
+    /// Signed by the right CA; its notBefore is in the future.
+    NotYetValid,
+    /// Valid dates, signed by a CA with the same name as the right one and another key.
+    UnknownCa,
+    /// No client certificate at all.
+    Missing,
 }
 
 fn one() -> usize {
@@ -280,6 +309,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_interval() -> Duration {
     Duration::from_millis(200)
+}
+fn default_min_days() -> i64 {
+    crate::check::certs::DEFAULT_MIN_DAYS
 }
 fn default_dead_man() -> Duration {
     Duration::from_secs(120)
