@@ -1,6 +1,7 @@
 //! Checks: assertions over the cluster or a timeline. Each returns a [`CheckOutcome`] whose
 //! failure message is one line (expected, observed, where) and whose evidence holds the rest.
 
+pub mod kube_topology;
 pub mod topology;
 
 use crate::report::Measurement;

@@ -254,3 +254,30 @@ async fn render_prints_what_was_found() {
     let single = discover_fixture("pods-kube-system-stacked.json", "https://10.0.0.11:6443").await;
     assert!(render(&single, now).contains("NOT a load balancer: it is node cp-1's own address"));
 }
+
+fn items<T: serde::de::DeserializeOwned>(name: &str) -> Vec<T> {
+    let v: serde_json::Value = serde_json::from_str(&fixture(name)).unwrap();
+    serde_json::from_value(v["items"].clone()).unwrap()
+}
+
+/// The kubeadm fixtures assembled without the transport (for the pure checks' tests).
+pub(crate) fn fixture_discovery(pods: &str, server: &str) -> Discovery {
+    let leases: Vec<(String, Option<Lease>)> = LEASES
+        .iter()
+        .map(|n| (n.to_string(), Some(serde_json::from_str(&fixture(&format!("lease-{n}.json"))).unwrap())))
+        .collect();
+    assemble(
+        server,
+        Some("v1.29.2".into()),
+        &items::<Node>("nodes-kubeadm-1.29.json"),
+        &items::<EndpointSlice>("endpointslices-kubernetes.json"),
+        &items::<Pod>(pods),
+        &leases,
+    )
+}
+
+#[tokio::test]
+async fn assembling_the_fixtures_equals_discovering_them() {
+    let via_api = discover_fixture("pods-kube-system-stacked.json", "https://10.0.0.10:6443").await;
+    assert_eq!(fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.10:6443"), via_api);
+}
