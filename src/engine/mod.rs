@@ -2,6 +2,7 @@
 //! injects on a reverse-order stack that is unwound whatever happens (failed check, error,
 //! panic), and turns all of it into a [`Verdict`] with the timeline and measured figures.
 
+mod kube;
 mod steps;
 
 use std::panic::AssertUnwindSafe;

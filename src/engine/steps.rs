@@ -93,6 +93,7 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         CheckSpec::EtcdOneLeader => topology::one_leader(&view(ctx, st).await?),
         CheckSpec::EtcdLeaderAgreement => topology::leader_agreement(&view(ctx, st).await?),
         CheckSpec::EtcdDbSizeSpread { max_ratio } => topology::db_size_spread(&view(ctx, st).await?, *max_ratio),
+        k @ (CheckSpec::KubeControlPlaneCount { .. } | CheckSpec::KubeServerIsLoadBalancer | CheckSpec::KubeLeasesRenewed) => super::kube::check(ctx, k, st).await?,
         other => {
             return Err(StepEnd::Error(format!(
                 "check `{}` is not supported by this build of hadrill",

@@ -243,6 +243,17 @@ pub enum CheckSpec {
         #[serde(with = "humantime_serde")]
         within: Duration,
     },
+    /// The Kubernetes control-plane node count is at least `min`, and odd when `odd` is set.
+    KubeControlPlaneCount {
+        #[serde(default = "three")]
+        min: usize,
+        #[serde(default = "yes")]
+        odd: bool,
+    },
+    /// The kubeconfig server is a load balancer, not one control-plane node's address.
+    KubeServerIsLoadBalancer,
+    /// The controller-manager and scheduler leases are held and renewed within their duration.
+    KubeLeasesRenewed,
 }
 
 fn one() -> usize {
