@@ -45,6 +45,8 @@ pub enum DiscoveryError {
     },
     #[error("read the API server version: {0}")]
     Version(String),
+    #[error("build a client from kubeconfig {path}: {message}")]
+    Client { path: String, message: String },
 }
 
 impl DiscoveryError {
@@ -662,6 +664,33 @@ pub fn render(d: &Discovery, now: DateTime<Utc>) -> String {
         }
     ));
     o
+}
+
+/// `plan`'s Kubernetes section: what discovery found and the node access of each node.
+pub fn plan_text(d: &Discovery, node_access: Option<&crate::node::select::NodeAccessConfig>, now: DateTime<Utc>) -> String {
+    let mut o = render(d, now);
+    let default = crate::node::select::NodeAccessConfig::default();
+    o.push_str("  node access:\n");
+    for (node, a) in crate::node::select::resolve_all(node_access.unwrap_or(&default), d) {
+        match a {
+            Ok(a) => o.push_str(&format!("    {node:<20} {}\n", a.describe())),
+            Err(why) => o.push_str(&format!("    {node:<20} none: {why}\n")),
+        }
+    }
+    o
+}
+
+/// Discovers the target of a kubeconfig and renders [`plan_text`]. Read-only.
+pub async fn plan_report(
+    k: &crate::target::kube::KubeTarget,
+    node_access: Option<&crate::node::select::NodeAccessConfig>,
+) -> Result<String, DiscoveryError> {
+    let client = Client::try_from(k.config.clone()).map_err(|e| DiscoveryError::Client {
+        path: k.kubeconfig.display().to_string(),
+        message: crate::exit::chain(&e),
+    })?;
+    let d = discover(&client, &k.server).await?;
+    Ok(plan_text(&d, node_access, Utc::now()))
 }
 
 #[cfg(test)]

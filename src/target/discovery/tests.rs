@@ -281,3 +281,16 @@ async fn assembling_the_fixtures_equals_discovering_them() {
     let via_api = discover_fixture("pods-kube-system-stacked.json", "https://10.0.0.10:6443").await;
     assert_eq!(fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.10:6443"), via_api);
 }
+
+#[test]
+fn plan_text_adds_the_node_access_of_each_node() {
+    let d = fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.10:6443");
+    let now = DateTime::parse_from_rfc3339("2024-03-04T10:02:20Z").unwrap().with_timezone(&Utc);
+    let none = plan_text(&d, None, now);
+    assert!(none.contains("cp-1                 none: no node access to cp-1: not a kind node"), "{none}");
+    let cfg: crate::node::select::NodeAccessConfig =
+        serde_saphyr::from_str("backend: ssh\nssh:\n  user: root\n  jump: bastion\n").unwrap();
+    let ssh = plan_text(&d, Some(&cfg), now);
+    assert!(ssh.contains("cp-3                 ssh root@10.0.0.13 via bastion"), "{ssh}");
+    assert!(ssh.starts_with(&render(&d, now)));
+}
