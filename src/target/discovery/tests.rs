@@ -294,3 +294,38 @@ fn plan_text_adds_the_node_access_of_each_node() {
     assert!(ssh.contains("cp-3                 ssh root@10.0.0.13 via bastion"), "{ssh}");
     assert!(ssh.starts_with(&render(&d, now)));
 }
+
+/// Every request discovery makes is allowed by the ClusterRole the docs tell users to bind.
+#[tokio::test]
+async fn the_documented_cluster_role_covers_every_discovery_request() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rbac/hadrill-readonly.yaml")).unwrap();
+    let role: ClusterRole = serde_saphyr::from_str(&text).unwrap();
+    let rules = role.rules.unwrap();
+    let allows = |verb: &str, group: &str, resource: &str| {
+        rules.iter().any(|r| {
+            r.verbs.iter().any(|v| v == verb)
+                && r.api_groups.as_ref().is_some_and(|g| g.iter().any(|g| g == group))
+                && r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == resource))
+        })
+    };
+    let allows_url = |url: &str| {
+        rules.iter().any(|r| r.verbs.iter().any(|v| v == "get") && r.non_resource_urls.as_ref().is_some_and(|u| u.iter().any(|x| x == url)))
+    };
+    let (client, seen, _t) = mock_client(kubeadm_routes("pods-kube-system-stacked.json"));
+    discover(&client, "https://10.0.0.10:6443").await.unwrap();
+    for req in seen.lock().unwrap().iter() {
+        let (method, rest) = req.split_once(' ').unwrap();
+        let path = rest.split('?').next().unwrap();
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ok = match segs.as_slice() {
+            ["version"] => allows_url("/version"),
+            ["api", "v1", res] => allows("list", "", res),
+            ["api", "v1", "namespaces", _, res] => allows("list", "", res),
+            ["apis", group, _, "namespaces", _, res] => allows("list", group, res),
+            ["apis", group, _, "namespaces", _, res, _name] => allows("get", group, res),
+            _ => false,
+        };
+        assert!(ok && method == "GET", "{req} is not allowed by docs/rbac/hadrill-readonly.yaml");
+    }
+}
