@@ -146,7 +146,7 @@ pub fn leases_renewed(d: &Discovery, now: DateTime<Utc>) -> CheckOutcome {
         };
         let age = now.signed_duration_since(renew);
         let age_s = age.num_milliseconds() as f64 / 1000.0;
-        out_m.push(Measurement::new(&format!("{name}_lease_age"), age_s, "s").with_bound(dur.as_secs_f64()));
+        out_m.push(Measurement::new(format!("{name}_lease_age"), age_s, "s").with_bound(dur.as_secs_f64()));
         if age_s > dur.as_secs_f64() {
             bad.push(format!(
                 "{name}: held by {holder} but last renewed {age_s:.1}s ago, more than its lease duration {}s",
