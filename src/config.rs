@@ -22,6 +22,9 @@ pub struct Config {
     pub disruption: Option<Disruption>,
     #[serde(default)]
     pub suite_dirs: Vec<PathBuf>,
+    /// How faults reach the nodes of a Kubernetes target (docker, ssh, pod; kind detected).
+    #[serde(default)]
+    pub node_access: Option<crate::node::select::NodeAccessConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -79,6 +82,9 @@ impl Config {
         c.kubeconfig.as_mut().map(fix);
         c.rig.as_mut().map(fix);
         c.suite_dirs.iter_mut().for_each(fix);
+        if let Some(key) = c.node_access.as_mut().and_then(|n| n.ssh.as_mut()).and_then(|s| s.key.as_mut()) {
+            fix(key);
+        }
         Ok(c)
     }
 
@@ -101,6 +107,20 @@ mod tests {
         std::fs::write(&p, "etcd:\n  endpoint: [x]\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("endpoint") && e.starts_with("config "), "{e}");
+    }
+
+    #[test]
+    fn node_access_section_is_typed_and_its_key_path_follows_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t.yaml");
+        std::fs::write(&p, "kubeconfig: kc\nnode_access:\n  backend: ssh\n  ssh:\n    user: root\n    key: keys/id\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        let na = c.node_access.unwrap();
+        assert_eq!(na.backend, crate::node::select::Backend::Ssh);
+        assert_eq!(na.ssh.unwrap().key.unwrap(), d.path().join("keys/id"));
+        std::fs::write(&p, "node_access:\n  backend: ssh\n  hosts: {}\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("hosts"), "{e}");
     }
 
     #[test]

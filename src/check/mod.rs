@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod quorum;
 pub mod skew;
+pub mod kube_topology;
 pub mod topology;
 
 use crate::report::Measurement;

@@ -1,5 +1,6 @@
 //! `hadrill plan`: the selected cases, the faults each would inject, where, and how each is
-//! reverted. Reads the target's configuration; contacts nothing and changes nothing.
+//! reverted. Reads the target's configuration and, for a Kubernetes target, discovers the
+//! control plane (list and get only); changes nothing.
 
 use super::{load_suites, require_selection, target, Global};
 use crate::exit::{Code, Fatal};
@@ -30,6 +31,19 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
             }
         }
         None => println!("target: (none configured; plan shows the cases only)"),
+    }
+    if let Some(k) = t.as_ref().and_then(|t| t.kube.as_ref()) {
+        let text = rt
+            .block_on(crate::target::discovery::plan_report(k, resolved.config.node_access.as_ref()))
+            .map_err(|e| {
+                let m = format!("Kubernetes API {} (context {}): cannot discover the control plane: {}", k.server, k.context, crate::exit::chain(&e));
+                if e.is_permission() {
+                    Fatal::usage(m)
+                } else {
+                    Fatal::unreachable(m)
+                }
+            })?;
+        print!("{text}");
     }
     println!();
     let mut faults = 0;

@@ -5,6 +5,7 @@
 mod certs;
 mod quorum;
 pub mod selftest;
+mod kube;
 mod steps;
 
 use std::panic::AssertUnwindSafe;

@@ -1,9 +1,17 @@
 //! Node access: how a command or a fault reaches a node.
 //!
-//! `local` runs on this machine, optionally inside a network namespace (the rig's hosts).
+//! `local` runs on this machine, optionally inside a network namespace (the rig's hosts);
+//! `docker` runs in a kind node container (`docker exec`); `ssh` runs over OpenSSH in batch
+//! mode; `pod` runs through the API's exec in a short-lived privileged pod pinned to the node
+//! that enters the host's namespaces with `nsenter`.
 //! A node access is plain data so that the ledger can store it and `hadrill recover` can
 //! reach the same node after the run that injected a fault was killed.
 
+pub mod pod;
+pub mod select;
+pub mod ssh;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +30,10 @@ pub enum NodeError {
     Timeout { node: String, command: String, timeout: Duration },
     #[error("{node}: `{command}` exited with {status}: {stderr}")]
     Failed { node: String, command: String, status: String, stderr: String },
+    #[error("{node}: pod node access needs a Kubernetes client (give --kubeconfig)")]
+    NeedsKube { node: String },
+    #[error("{node}: {message}")]
+    Pod { node: String, message: String },
 }
 
 /// How to reach a node.
@@ -30,6 +42,27 @@ pub enum NodeError {
 pub enum NodeAccess {
     /// This machine; inside `netns` when given (`ip netns exec NAME …`).
     Local { netns: Option<String> },
+    /// A kind node: `docker exec CONTAINER …` on this machine.
+    Docker { container: String },
+    /// OpenSSH in batch mode: `ssh -o BatchMode=yes … [-J jump] [user@]host -- …`.
+    Ssh {
+        host: String,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        port: Option<u16>,
+        /// Private key file (`-i`); the key itself is never read or logged by hadrill.
+        #[serde(default)]
+        key: Option<PathBuf>,
+        /// Jump host, `[user@]host[:port]` (`-J`).
+        #[serde(default)]
+        jump: Option<String>,
+        #[serde(default)]
+        strict_host_key_checking: ssh::StrictHostKeyChecking,
+    },
+    /// A privileged pod with hostPID and hostNetwork pinned to `node`, running
+    /// `nsenter -t 1 -m -u -i -n -p -- …` through the API's exec.
+    Pod { node: String, namespace: String, image: String },
 }
 
 /// What a command printed.
@@ -44,12 +77,40 @@ impl NodeAccess {
         match self {
             NodeAccess::Local { netns: None } => "local".into(),
             NodeAccess::Local { netns: Some(ns) } => format!("local netns {ns}"),
+            NodeAccess::Docker { container } => format!("docker container {container}"),
+            NodeAccess::Ssh { host, user, port, jump, .. } => format!(
+                "ssh {}{host}{}{}",
+                user.as_deref().map(|u| format!("{u}@")).unwrap_or_default(),
+                port.map(|p| format!(":{p}")).unwrap_or_default(),
+                jump.as_deref().map(|j| format!(" via {j}")).unwrap_or_default()
+            ),
+            NodeAccess::Pod { node, namespace, image } => {
+                format!("privileged pod on node {node} (namespace {namespace}, image {image})")
+            }
         }
     }
 
-    /// The argv that runs `argv` on the node.
+    /// The argv that runs `argv` on the node: on this machine for `local`, `docker` and
+    /// `ssh`; inside the access pod (sent through the API's exec) for `pod`.
     pub fn wrap(&self, argv: &[&str]) -> Vec<String> {
         match self {
+            NodeAccess::Docker { container } => ["docker", "exec", container.as_str()]
+                .iter()
+                .chain(argv.iter())
+                .map(|s| s.to_string())
+                .collect(),
+            NodeAccess::Ssh { host, user, port, key, jump, strict_host_key_checking } => ssh::argv(
+                &ssh::SshTarget {
+                    host,
+                    user: user.as_deref(),
+                    port: *port,
+                    key: key.as_deref(),
+                    jump: jump.as_deref(),
+                    strict: *strict_host_key_checking,
+                },
+                argv,
+            ),
+            NodeAccess::Pod { .. } => pod::nsenter_argv(argv),
             NodeAccess::Local { netns: None } => argv.iter().map(|s| s.to_string()).collect(),
             NodeAccess::Local { netns: Some(ns) } => ["ip", "netns", "exec", ns.as_str()]
                 .iter()
@@ -62,6 +123,22 @@ impl NodeAccess {
     /// Runs a command on the node and waits for it, at most `timeout`. A non-zero exit is an
     /// error carrying stderr.
     pub async fn exec(&self, argv: &[&str], timeout: Duration) -> Result<Output, NodeError> {
+        self.exec_with(None, argv, timeout).await
+    }
+
+    /// Like [`exec`](Self::exec); `kube` is the client the `pod` backend goes through.
+    pub async fn exec_with(
+        &self,
+        kube: Option<&kube::Client>,
+        argv: &[&str],
+        timeout: Duration,
+    ) -> Result<Output, NodeError> {
+        if let NodeAccess::Pod { node, namespace, image } = self {
+            let Some(client) = kube else {
+                return Err(NodeError::NeedsKube { node: self.describe() });
+            };
+            return pod::exec(client, node, namespace, image, argv, timeout).await;
+        }
         let full = self.wrap(argv);
         let command = full.join(" ");
         let mut cmd = Command::new(&full[0]);

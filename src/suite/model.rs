@@ -262,6 +262,17 @@ pub enum CheckSpec {
         #[serde(default = "default_min_days")]
         min_days: i64,
     },
+    /// The Kubernetes control-plane node count is at least `min`, and odd when `odd` is set.
+    KubeControlPlaneCount {
+        #[serde(default = "three")]
+        min: usize,
+        #[serde(default = "yes")]
+        odd: bool,
+    },
+    /// The kubeconfig server is a load balancer, not one control-plane node's address.
+    KubeServerIsLoadBalancer,
+    /// The controller-manager and scheduler leases are held and renewed within their duration.
+    KubeLeasesRenewed,
 }
 
 /// How a `harness_selftest` check ends its case.

@@ -1,6 +1,7 @@
 //! The cluster under test: its etcd members (with client TLS), the Kubernetes API when a
 //! kubeconfig is given, the local rig when there is one, and the facts reported about it.
 
+pub mod discovery;
 pub mod etcd;
 pub mod kube;
 
