@@ -150,7 +150,7 @@ fn every_quorum_case_passes_on_a_three_member_rig() {
     assert!(o.status.success(), "{}", show(&o));
     let r = json(&report);
     for c in r["cases"].as_array().unwrap() {
-        let v = c["verdict"]["verdict"].as_str().unwrap();
+        let v = c["verdict"]["status"].as_str().unwrap();
         if c["case"] == "five_members_tolerate_two" {
             assert_eq!(v, "skipped");
             assert!(c["verdict"]["reason"].as_str().unwrap().contains("5 etcd members, the target has 3"), "{c}");
@@ -174,7 +174,7 @@ fn five_members_tolerate_two_and_not_three() {
     let o = run(rig.hadrill().args(["run", "--allow-disruption", "quorum::five_members_tolerate_two", "--exact", "--json"]).arg(&report));
     assert!(o.status.success(), "{}", show(&o));
     let c = case(&json(&report), "five_members_tolerate_two").clone();
-    assert_eq!(c["verdict"]["verdict"], "passed", "{c}");
+    assert_eq!(c["verdict"]["status"], "passed", "{c}");
     let out = c["output"].as_str().unwrap();
     assert!(out.contains("with 2 of 5 members up (quorum 3)"), "{out}");
     assert_eq!(out.matches("injected: stop etcd member").count(), 3, "{out}");
@@ -213,11 +213,11 @@ cases:
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let r = json(&report);
     let c = case(&r, "writes_fail_with_quorum");
-    assert_eq!(c["verdict"]["verdict"], "failed", "{c}");
+    assert_eq!(c["verdict"]["status"], "failed", "{c}");
     let m = c["verdict"]["message"].as_str().unwrap();
     assert!(m.contains("puts acknowledged with 2 of 3 members up (quorum 2)"), "{m}");
     let c = case(&r, "failover_too_slow");
-    assert_eq!(c["verdict"]["verdict"], "failed", "{c}");
+    assert_eq!(c["verdict"]["status"], "failed", "{c}");
     let m = c["verdict"]["message"].as_str().unwrap();
     assert!(m.contains("after the fault") && m.contains("bound 0.050s"), "{m}");
     let (f, b) = measurement(c, "failover");
@@ -273,7 +273,7 @@ cases:
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let c = case(&json(&report), "deleted").clone();
-    assert_eq!(c["verdict"]["verdict"], "failed", "{c}");
+    assert_eq!(c["verdict"]["status"], "failed", "{c}");
     let m = c["verdict"]["message"].as_str().unwrap();
     assert!(m.starts_with("1 of ") && m.contains("acknowledged writes lost") && m.contains(&key), "{m}");
     assert!(c["verdict"]["evidence"].as_str().unwrap().contains("MISSING"), "{c}");
@@ -450,7 +450,7 @@ cases:
     let report = rig.state.dir.join("latency.json");
     let o = run(rig.hadrill().arg("--suite-dir").arg(suites.path()).args(["run", "--allow-disruption", "latency::", "--json"]).arg(&report));
     let c = case(&json(&report), "slow_leader").clone();
-    match c["verdict"]["verdict"].as_str().unwrap() {
+    match c["verdict"]["status"].as_str().unwrap() {
         // a kernel with sch_netem and sch_prio
         "passed" => assert!(o.status.success(), "{}", show(&o)),
         // this project's CI kernel has neither: the case says why instead of passing
