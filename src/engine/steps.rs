@@ -54,12 +54,6 @@ pub async fn run(ctx: &RunContext, step: &Step, st: &mut CaseState) -> Result<()
                 Err(StepEnd::Error(format!("heal failed: {}", errors.join("; "))))
             }
         }
-        Step::Await(crate::suite::AwaitSpec::Observe { duration }) => {
-            // a measurement window: the probes run, nothing is awaited; cancellable by signals
-            (ctx.progress)(&st.name, &format!("observing for {duration:?}"));
-            tokio::time::sleep(*duration).await;
-            Ok(())
-        }
         Step::Probe(spec) => super::quorum::probe(ctx, spec, st).await,
         Step::Await(spec) => super::quorum::await_(ctx, spec, st).await,
     }
