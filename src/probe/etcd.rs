@@ -21,6 +21,24 @@ pub struct MemberStatus {
     pub errors: Vec<String>,
 }
 
+impl MemberStatus {
+    /// A `Status` answer as hadrill records it.
+    pub fn from_response(endpoint: &str, s: &etcd_client::StatusResponse) -> Result<Self, String> {
+        let header = s.header().ok_or("status answer without header")?;
+        Ok(MemberStatus {
+            endpoint: endpoint.to_string(),
+            member_id: header.member_id(),
+            leader: s.leader(),
+            raft_term: s.raft_term(),
+            raft_index: s.raft_index(),
+            revision: header.revision(),
+            db_size: s.db_size(),
+            version: s.version().to_string(),
+            errors: s.errors().to_vec(),
+        })
+    }
+}
+
 /// A member as the member list shows it, with its status or why it had none.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MemberView {
@@ -141,18 +159,7 @@ pub async fn status_of(target: &EtcdTarget, endpoint: &str) -> Result<MemberStat
     let fut = async {
         let mut c = target.member_client(endpoint).await.map_err(|e| e.to_string())?;
         let s = c.status().await.map_err(|e| describe(&e))?;
-        let header = s.header().ok_or("status answer without header")?;
-        Ok::<_, String>(MemberStatus {
-            endpoint: endpoint.to_string(),
-            member_id: header.member_id(),
-            leader: s.leader(),
-            raft_term: s.raft_term(),
-            raft_index: s.raft_index(),
-            revision: header.revision(),
-            db_size: s.db_size(),
-            version: s.version().to_string(),
-            errors: s.errors().to_vec(),
-        })
+        MemberStatus::from_response(endpoint, &s)
     };
     match tokio::time::timeout(deadline + Duration::from_millis(200), fut).await {
         Ok(r) => r,

@@ -407,18 +407,7 @@ pub async fn status_via(clients: &MemberClients, endpoint: &str) -> Result<Membe
             clients.forget(endpoint);
             describe(&e)
         })?;
-        let header = s.header().ok_or("status answer without header")?;
-        Ok::<_, String>(MemberStatus {
-            endpoint: endpoint.to_string(),
-            member_id: header.member_id(),
-            leader: s.leader(),
-            raft_term: s.raft_term(),
-            raft_index: s.raft_index(),
-            revision: header.revision(),
-            db_size: s.db_size(),
-            version: s.version().to_string(),
-            errors: s.errors().to_vec(),
-        })
+        MemberStatus::from_response(endpoint, &s)
     };
     match tokio::time::timeout(deadline, fut).await {
         Ok(r) => r,
