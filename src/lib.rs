@@ -7,6 +7,7 @@
 //! - [`exit`]: the exit codes and the one-line errors a user sees.
 //! - [`suite`]: suites as data: the case model, the built-in suite files, loading and validation.
 //! - [`target`]: the cluster under test: etcd members, the Kubernetes API, node access per node.
+//! - [`controlplane`]: which component instances run where, and how each is stopped.
 //! - [`node`]: node access: how a fault or a command reaches a node (`local` on the rig).
 //! - [`fault`]: faults, the on-disk ledger, guards and the revert stack.
 //! - [`probe`]: samplers that run during a case and write the timeline.
@@ -21,6 +22,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod controlplane;
 pub mod engine;
 pub mod exit;
 pub mod fault;

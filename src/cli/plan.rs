@@ -5,7 +5,7 @@
 use super::{load_suites, require_selection, target, Global};
 use crate::exit::{Code, Fatal};
 use crate::runner::{self, Selection};
-use crate::suite::{FaultSpec, MemberRole, PartitionSide, StopSignal};
+use crate::suite::{FaultSpec, InstancePick, MemberRole, PartitionSide, StopSignal};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -98,6 +98,37 @@ pub fn describe(f: &FaultSpec) -> String {
         FaultSpec::PeerLatency { role: r, count, delay, .. } => {
             format!("add {} ms latency (tc netem) to the peer traffic of {}", delay.as_millis(), role(*r, *count))
         }
+        FaultSpec::KubeletStop { pick } => format!("stop the kubelet (systemctl) on {}", node_pick(*pick)),
+        FaultSpec::ComponentStop { component, pick, signal } => format!(
+            "stop {} {} (static pod: manifest moved aside on its node; rig: {})",
+            instance_pick(*pick),
+            component.static_pod(),
+            match signal {
+                StopSignal::Kill => "SIGKILL",
+                StopSignal::Term => "SIGTERM",
+            }
+        ),
+        FaultSpec::NodeEtcdPartition { pick, dead_man } => format!(
+            "drop the peer traffic of {} etcd member on its node (iptables on the node, dead-man timer {}s on the node)",
+            instance_pick(*pick),
+            dead_man.as_secs()
+        ),
+    }
+}
+
+fn instance_pick(p: InstancePick) -> String {
+    match p {
+        InstancePick::Any => "one instance of".into(),
+        InstancePick::Leader => "the leader of".into(),
+        InstancePick::NotLeader => "a non-leader instance of".into(),
+        InstancePick::LeaderOf(c) => format!("the instance on the node of the {} leader of", c.static_pod()),
+    }
+}
+
+fn node_pick(p: InstancePick) -> String {
+    match p {
+        InstancePick::LeaderOf(c) => format!("the control-plane node hosting the {} leader", c.static_pod()),
+        _ => "a control-plane node (chosen at injection)".into(),
     }
 }
 
@@ -108,5 +139,12 @@ pub fn revert(f: &FaultSpec) -> String {
         FaultSpec::MemberPause { .. } => "SIGCONT".into(),
         FaultSpec::Partition { .. } => "delete the rules (or the dead-man timer does, if hadrill dies)".into(),
         FaultSpec::PeerLatency { .. } => "delete the netem qdisc (or the dead-man timer does)".into(),
+        FaultSpec::KubeletStop { .. } => "systemctl start kubelet on the same node".into(),
+        FaultSpec::ComponentStop { .. } => {
+            "move the manifest back (the kubelet restarts the pod); rig: restart the process with its flags and data".into()
+        }
+        FaultSpec::NodeEtcdPartition { .. } => {
+            "delete the rules on the node (or the dead-man timer on the node does, even if the API is down)".into()
+        }
     }
 }

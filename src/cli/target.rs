@@ -108,6 +108,7 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
         t.kube = Some(k);
     }
     t.rig = rig;
+    t.node_access = r.config.node_access.clone();
     if t.etcd.is_none() && t.kube.is_none() {
         return Err(Fatal::usage(
             "no target: give --etcd-endpoints (with --etcd-cacert/--etcd-cert/--etcd-key), --kubeconfig, --config FILE, or --rig",

@@ -35,6 +35,16 @@ pub enum Fault {
     /// Delay a member's peer traffic by `delay_ms` with tc netem on `dev` in its namespace;
     /// a dead-man timer removes the qdisc after `dead_man_secs`.
     PeerLatency { token: String, member: NetMember, dev: String, peer_ports: Vec<u16>, delay_ms: u64, dead_man_secs: u64 },
+    /// Stop a process of the local rig (an etcd member or a Kubernetes component) by pid,
+    /// checked against its start time; revert restarts it with its stored command line.
+    RigProcessStop { rig_dir: PathBuf, name: String, pid: i32, start_time: u64, signal: StopSignal },
+}
+
+fn signal_name(s: StopSignal) -> &'static str {
+    match s {
+        StopSignal::Kill => "SIGKILL",
+        StopSignal::Term => "SIGTERM",
+    }
 }
 
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -47,10 +57,7 @@ impl Fault {
             Fault::StopMember { member, pid, signal, rig_dir, .. } => format!(
                 "stop etcd member {member} of rig {} ({} pid {pid})",
                 rig_dir.display(),
-                match signal {
-                    StopSignal::Kill => "SIGKILL",
-                    StopSignal::Term => "SIGTERM",
-                }
+                signal_name(*signal)
             ),
             Fault::EphemeralRig { rig_dir } => format!("local rig {} started for this run", rig_dir.display()),
             Fault::Partition { isolated, other_names, peer_ports, token, dead_man_secs, .. } => format!(
@@ -62,6 +69,11 @@ impl Fault {
             Fault::PeerLatency { member, dev, delay_ms, dead_man_secs, .. } => format!(
                 "delay the peer traffic of {} by {delay_ms}ms (tc netem on {dev} in {}, dead-man {dead_man_secs}s)",
                 member.name, member.netns
+            ),
+            Fault::RigProcessStop { rig_dir, name, pid, signal, .. } => format!(
+                "stop {name} of rig {} ({} pid {pid})",
+                rig_dir.display(),
+                signal_name(*signal)
             ),
         }
     }
@@ -78,6 +90,7 @@ impl Fault {
             Fault::PeerLatency { token, dev, .. } => {
                 format!("kill the dead-man timer hadrill-deadman-{token}, delete the root qdisc of {dev}")
             }
+            Fault::RigProcessStop { name, .. } => format!("restart {name} with its command line, namespace and data"),
         }
     }
 
@@ -93,7 +106,8 @@ impl Fault {
                 }
                 Ok(())
             }
-            Fault::StopMember { pid, start_time, signal, .. } => {
+            Fault::StopMember { pid, start_time, signal, .. }
+            | Fault::RigProcessStop { pid, start_time, signal, .. } => {
                 let sig = match signal {
                     StopSignal::Kill => Signal::SIGKILL,
                     StopSignal::Term => Signal::SIGTERM,
@@ -135,6 +149,9 @@ impl Fault {
                 net::revert_partition(isolated, others, peer_ports, token).await.map_err(fail)
             }
             Fault::PeerLatency { token, member, dev, .. } => net::revert_latency(member, dev, token).await.map_err(fail),
+            Fault::RigProcessStop { rig_dir, name, .. } => {
+                crate::rig::restart_process(rig_dir, name).await.map_err(|e| fail(crate::exit::chain(&e)))
+            }
         }
     }
 }

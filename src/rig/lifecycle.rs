@@ -418,6 +418,12 @@ pub async fn restart_member(dir: &Path, member: &str) -> Result<(), RigError> {
     }
 }
 
+/// Starts a stopped process of the rig again, by its name: an etcd member (see
+/// [`restart_member`]) or, in kube mode, a Kubernetes component.
+pub async fn restart_process(dir: &Path, name: &str) -> Result<(), RigError> {
+    restart_member(dir, name).await
+}
+
 /// Stops every member and removes the namespaces, interfaces and the directory. Works on a
 /// half-built rig (no or corrupt `rig.json`): processes are also found by their command
 /// line and their namespace, namespaces and interfaces by the rig id prefix. Safe to repeat.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use lifecycle::{down, restart_member, up};
+pub use lifecycle::{down, restart_member, restart_process, up};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RigError {

@@ -126,6 +126,79 @@ pub enum FaultSpec {
         #[serde(default = "default_dead_man", with = "humantime_serde")]
         dead_man: Duration,
     },
+    /// Stop the kubelet on a control-plane node (`systemctl stop kubelet` through node
+    /// access); revert starts it. Needs nodes with a kubelet (not the rig).
+    KubeletStop {
+        /// Which node: `any`, or the node hosting the leader of `leader_of`.
+        #[serde(default)]
+        pick: InstancePick,
+    },
+    /// Stop one instance of a control-plane component: on kubeadm/kind its static-pod
+    /// manifest is moved aside on its node; on the rig its process gets `signal`. Revert
+    /// brings it back with the same flags and data.
+    ComponentStop {
+        component: Component,
+        #[serde(default)]
+        pick: InstancePick,
+        #[serde(default)]
+        signal: StopSignal,
+    },
+    /// Cut the etcd member on one control-plane node off from its peers with iptables rules
+    /// *on that node* (tagged hadrill), with a dead-man timer that also runs on the node.
+    NodeEtcdPartition {
+        #[serde(default)]
+        pick: InstancePick,
+        #[serde(default = "default_dead_man", with = "humantime_serde")]
+        dead_man: Duration,
+    },
+}
+
+/// A control-plane component.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    Apiserver,
+    ControllerManager,
+    Scheduler,
+    Etcd,
+    Kubelet,
+}
+
+impl Component {
+    /// The kubeadm static pod's container and manifest name (`kube-apiserver` …).
+    pub fn static_pod(self) -> &'static str {
+        match self {
+            Component::Apiserver => "kube-apiserver",
+            Component::ControllerManager => "kube-controller-manager",
+            Component::Scheduler => "kube-scheduler",
+            Component::Etcd => "etcd",
+            Component::Kubelet => "kubelet",
+        }
+    }
+    /// The leader-election lease in kube-system, for the components that elect a leader.
+    pub fn lease(self) -> Option<&'static str> {
+        match self {
+            Component::ControllerManager => Some("kube-controller-manager"),
+            Component::Scheduler => Some("kube-scheduler"),
+            _ => None,
+        }
+    }
+}
+
+/// Which instance a fault is aimed at, decided at injection.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum InstancePick {
+    /// Any instance (chosen with the run's seed).
+    #[default]
+    Any,
+    /// The current leader: the lease holder for the controller-manager and the scheduler,
+    /// the raft leader for etcd. For the kubelet: the node hosting that component's leader.
+    Leader,
+    /// Any instance that is not the leader.
+    NotLeader,
+    /// The kubelet only: the node that hosts the leader of this component.
+    LeaderOf(Component),
 }
 
 /// The side of a partition that is cut off from the rest.

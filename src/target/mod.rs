@@ -22,6 +22,12 @@ pub struct Target {
     /// The local rig, when the target is one: its members are processes of this machine.
     pub rig: Option<RigState>,
     pub kube: Option<kube::KubeTarget>,
+    /// How to reach the nodes of a Kubernetes target (the config's `node_access`; kind is
+    /// detected when it is absent).
+    pub node_access: Option<crate::node::select::NodeAccessConfig>,
+    /// The control plane's instances and how to stop each, resolved once per run (on first
+    /// use) from the rig or from discovery.
+    pub control_plane: tokio::sync::OnceCell<crate::controlplane::ControlPlane>,
 }
 
 impl Target {
