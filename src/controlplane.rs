@@ -44,6 +44,10 @@ pub struct Instance {
     /// How it is stopped; `None` when it cannot be (the reason is in `stop_error`).
     pub stop: Option<StopMethod>,
     pub stop_error: Option<String>,
+    /// Its version when known (`v1.29.3`: the static pod's image tag on a cluster, the
+    /// binary's `--version` on the rig).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// Every instance of every component the target runs, as far as hadrill can see.
@@ -83,10 +87,18 @@ impl ControlPlane {
                 access_error: None,
                 stop: Some(StopMethod::RigProcess { rig_dir: rig.dir.clone(), name: m.name.clone() }),
                 stop_error: None,
+                version: None,
             })
             .collect();
         ControlPlane { source: format!("rig {}", rig.dir.display()), instances, has_kubelet: false, has_kubeadm: false }
     }
+}
+
+/// Where the rig's kube mode keeps its Kubernetes PKI, in kubeadm's layout and file names
+/// (`ca.crt`, `ca.key`, `apiserver.crt`, `front-proxy-ca.crt`, `sa.key`, …), like
+/// `/etc/kubernetes/pki` on a kubeadm node. The etcd PKI stays where the etcd rig keeps it.
+pub fn rig_kube_pki_dir(rig_dir: &std::path::Path) -> PathBuf {
+    rig_dir.join("pki").join("kube")
 }
 
 /// The host named in a leader-election holder identity: kube's leader election writes
