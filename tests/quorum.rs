@@ -164,6 +164,9 @@ fn every_quorum_case_passes_on_a_three_member_rig() {
     assert_eq!(measurement(case(&r, "two_of_three_lost"), "writes_acknowledged_without_quorum").0, 0.0);
     no_rules_left(&rig.state);
     assert!(std::fs::read_dir(&rig.ledger).unwrap().next().is_none(), "the ledger is empty after the run");
+    // the probes' keys went with the cases that wrote them
+    let o = rig.etcdctl(&["get", "--prefix", "/hadrill/", "--keys-only"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).trim().is_empty(), "keys left: {}", show(&o));
 }
 
 #[test]

@@ -119,6 +119,7 @@ pub async fn run_case(ctx: &RunContext, suite: &Suite, case: &Case) -> CaseRecor
             // whatever happened: stop probes, unwind faults newest first, report every error
             st.probes.stop_all().await;
             let revert_errors = unwind(&mut st).await;
+            quorum::cleanup(ctx, &mut st).await;
             if !revert_errors.is_empty() {
                 let text = format!(
                     "revert failed (the ledger keeps the fault for `hadrill recover`): {}",

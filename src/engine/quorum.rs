@@ -34,6 +34,42 @@ pub struct QuorumState {
     pub extra_seq: u64,
 }
 
+/// The etcd keys a case writes live under this prefix, removed at the end of the case.
+pub fn case_prefix(ctx: &RunContext, st: &CaseState) -> String {
+    format!("/hadrill/{}/{}/", ctx.ledger.run_id(), st.name.replace("::", "/"))
+}
+
+/// Deletes the keys the case wrote (its [`case_prefix`]) once its faults are reverted: the
+/// cluster keeps nothing of a run. Tries each member until one answers, within a deadline;
+/// what happened goes to the timeline (a failure there does not change the verdict, and
+/// names the prefix to delete by hand).
+pub async fn cleanup(ctx: &RunContext, st: &mut CaseState) {
+    let Some(q) = &st.probes.quorum else { return };
+    let readers = q.readers.clone();
+    let prefix = case_prefix(ctx, st);
+    let timeout = readers.target().request_timeout;
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    loop {
+        for m in &readers.members {
+            match pq::delete_prefix_via(&readers, &m.endpoint, &prefix, timeout).await {
+                Ok(n) => {
+                    st.timeline.record("probe:cleanup", format!("deleted {n} probe keys under {prefix}"));
+                    return;
+                }
+                Err(e) => last = format!("{}: {e}", m.name),
+            }
+        }
+        if Instant::now() >= end {
+            let msg = format!("could not delete the probe keys under {prefix} (delete them with `etcdctl del --prefix {prefix}`): {last}");
+            st.timeline.record("probe:cleanup", msg.clone());
+            st.log(msg);
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 fn err(m: impl Into<String>) -> StepEnd {
     StepEnd::Error(m.into())
 }
@@ -87,7 +123,7 @@ pub fn election_timeout(ctx: &RunContext) -> (Duration, String) {
 pub async fn probe(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Result<(), StepEnd> {
     let timeline = st.timeline.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let prefix = format!("/hadrill/{}/{}/", ctx.ledger.run_id(), st.name.replace("::", "/"));
+    let prefix = case_prefix(ctx, st);
     let qs = state(ctx, st).await?;
     let (name, task) = match spec {
         ProbeSpec::EtcdWrites { per_second, timeout } => {
@@ -378,7 +414,7 @@ async fn isolated_leader(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOu
     let mut direct: Vec<WriteOp> = Vec::new();
     let mut stepped: Option<Duration> = None;
     let end = f + bound;
-    let prefix = writes(st).map(|w| w.prefix.clone()).unwrap_or_else(|_| format!("/hadrill/{}/x/", ctx.ledger.run_id()));
+    let prefix = writes(st).map(|w| w.prefix.clone()).unwrap_or_else(|_| case_prefix(ctx, st));
     let mut i = 0u64;
     while Instant::now() < end && !(stepped.is_some() && direct.len() >= 2) {
         let start = Instant::now();
@@ -523,7 +559,7 @@ async fn converged(ctx: &RunContext, st: &mut CaseState, within: Duration) -> Re
 }
 
 async fn writes_succeed(ctx: &RunContext, st: &mut CaseState, within: Duration) -> Result<CheckOutcome, StepEnd> {
-    let prefix = writes(st).map(|w| w.prefix.clone()).unwrap_or_else(|_| format!("/hadrill/{}/{}/", ctx.ledger.run_id(), st.name.replace("::", "/")));
+    let prefix = writes(st).map(|w| w.prefix.clone()).unwrap_or_else(|_| case_prefix(ctx, st));
     let history = writes(st).ok();
     let qs = state(ctx, st).await?;
     let writers = qs.writers.clone();

@@ -458,6 +458,24 @@ pub async fn read_via(
     }
 }
 
+/// Deletes every key under `prefix` through one member; returns how many were deleted.
+pub async fn delete_prefix_via(clients: &MemberClients, endpoint: &str, prefix: &str, timeout: Duration) -> Result<i64, String> {
+    let fut = async {
+        let mut c = clients.client(endpoint).await?;
+        let r = c.delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix())).await.map_err(|e| {
+            if classify_error(&e) == ErrorKind::NotApplied {
+                clients.forget(endpoint);
+            }
+            describe(&e)
+        })?;
+        Ok::<_, String>(r.deleted())
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
 /// The KV hash of one member at `revision`.
 pub async fn hash_kv_via(clients: &MemberClients, endpoint: &str, revision: i64, timeout: Duration) -> Result<u32, String> {
     let fut = async {
