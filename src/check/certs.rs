@@ -169,7 +169,7 @@ pub fn serving_certs(
     };
     if let Some(l) = least {
         out = out.with_measurement(
-            Measurement::new("etcd_serving_cert_days_left", l as f64, "days").with_bound(min_days as f64),
+            Measurement::new("etcd_serving_cert_days_left", l as f64, "days").with_min(min_days as f64),
         );
     }
     (out.with_evidence(evidence), unreadable)

@@ -30,7 +30,7 @@ pub fn node_table(d: &Discovery) -> String {
 pub fn control_plane_count(d: &Discovery, min: usize, odd: bool) -> CheckOutcome {
     const N: &str = "kube_control_plane_count";
     let n = d.nodes.len();
-    let m = Measurement::new("control_plane_nodes", n as f64, "nodes").with_bound(min as f64);
+    let m = Measurement::new("control_plane_nodes", n as f64, "nodes").with_min(min as f64);
     let out = if n < min {
         CheckOutcome::fail(N, format!("{n} control-plane node(s), expected at least {min}: losing one node loses the control plane's quorum"))
     } else if odd && n % 2 == 0 {

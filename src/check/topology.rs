@@ -37,7 +37,7 @@ pub fn member_table(v: &ClusterView) -> String {
 pub fn member_count(v: &ClusterView, min: usize, odd: bool) -> CheckOutcome {
     const N: &str = "etcd_member_count";
     let voters = v.members.iter().filter(|m| !m.is_learner).count();
-    let m = Measurement::new("etcd_members", voters as f64, "members").with_bound(min as f64);
+    let m = Measurement::new("etcd_members", voters as f64, "members").with_min(min as f64);
     let out = if voters < min {
         CheckOutcome::fail(N, format!("{voters} voting etcd members, expected at least {min}: the cluster cannot lose a member and keep quorum"))
     } else if odd && voters % 2 == 0 {

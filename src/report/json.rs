@@ -4,7 +4,7 @@
 //! Shape (see docs/reports.md): `schema`, `counts` {passed, failed, errors, skipped},
 //! `started`, `duration` (seconds), `seed`, `target` {fact: text, in recorded order},
 //! `cases` [{suite, case, description, disruptive, verdict {status, message?, evidence?,
-//! reason?}, started, duration, measurements [{name, value, unit, bound}], output,
+//! reason?}, started, duration, measurements [{name, value, unit, bound, bound_kind: at_most|at_least}], output,
 //! timeline [{offset, wall, source, message}]}] in declaration order.
 
 use serde::Serialize;

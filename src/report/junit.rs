@@ -141,12 +141,12 @@ pub fn system_out(r: &CaseRecord) -> String {
     out
 }
 
-/// `1.234 s (bound 3 s)`. The text starts with the number in Rust's shortest round-trip
+/// `1.234 s (at most 3 s)`, `2 nodes (at least 3 nodes)`. The text starts with the number in Rust's shortest round-trip
 /// form, so `float(value.split()[0])` reads it back exactly.
 pub fn measurement_value(m: &Measurement) -> String {
     let unit = if m.unit.is_empty() { String::new() } else { format!(" {}", m.unit) };
     match m.bound {
-        Some(b) => format!("{}{unit} (bound {b}{unit})", m.value),
+        Some(b) => format!("{}{unit} ({} {b}{unit})", m.value, m.bound_kind.words()),
         None => format!("{}{unit}", m.value),
     }
 }
@@ -243,7 +243,11 @@ mod tests {
     fn measurement_value_reads_back() {
         let m = Measurement::new("failover_seconds", 1.234, "s").with_bound(3.0);
         let v = measurement_value(&m);
-        assert_eq!(v, "1.234 s (bound 3 s)");
+        assert_eq!(v, "1.234 s (at most 3 s)");
+        let floor = Measurement::new("etcd_members", 2.0, "members").with_min(3.0);
+        assert_eq!(measurement_value(&floor), "2 members (at least 3 members)");
+        assert!(!floor.within() && Measurement::new("x", 3.0, "").with_min(3.0).within());
+        assert!(!Measurement::new("x", 3.5, "s").with_bound(3.0).within());
         assert_eq!(v.split(' ').next().unwrap().parse::<f64>().unwrap(), 1.234);
         assert_eq!(measurement_value(&Measurement::new("n", 0.1, "")), "0.1");
     }

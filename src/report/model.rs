@@ -74,22 +74,61 @@ impl Verdict {
     }
 }
 
-/// A measured figure: "failover 1.23 s (bound 3 s)".
+/// A measured figure and the bound it was held to: "failover 1.23 s (at most 3 s)",
+/// "control_plane_nodes 3 nodes (at least 3 nodes)".
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Measurement {
     pub name: String,
     pub value: f64,
     pub unit: String,
     pub bound: Option<f64>,
+    /// Which side of the bound passes.
+    pub bound_kind: BoundKind,
+}
+
+/// Whether a measured figure must stay at or below its bound, or at or above it.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BoundKind {
+    /// A ceiling: durations, lost writes, disruption.
+    #[default]
+    AtMost,
+    /// A floor: member counts, days of certificate validity left.
+    AtLeast,
+}
+
+impl BoundKind {
+    pub fn words(self) -> &'static str {
+        match self {
+            BoundKind::AtMost => "at most",
+            BoundKind::AtLeast => "at least",
+        }
+    }
 }
 
 impl Measurement {
     pub fn new(name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
-        Self { name: name.into(), value, unit: unit.into(), bound: None }
+        Self { name: name.into(), value, unit: unit.into(), bound: None, bound_kind: BoundKind::AtMost }
     }
+    /// A ceiling: the figure passes at or below `bound`.
     pub fn with_bound(mut self, bound: f64) -> Self {
         self.bound = Some(bound);
+        self.bound_kind = BoundKind::AtMost;
         self
+    }
+    /// A floor: the figure passes at or above `bound`.
+    pub fn with_min(mut self, bound: f64) -> Self {
+        self.bound = Some(bound);
+        self.bound_kind = BoundKind::AtLeast;
+        self
+    }
+    /// Whether the figure is within its bound (true when it has none).
+    pub fn within(&self) -> bool {
+        match (self.bound, self.bound_kind) {
+            (None, _) => true,
+            (Some(b), BoundKind::AtMost) => self.value <= b,
+            (Some(b), BoundKind::AtLeast) => self.value >= b,
+        }
     }
 }
 
