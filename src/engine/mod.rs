@@ -82,9 +82,9 @@ pub enum StepEnd {
 /// caught, its faults are reverted, and it is reported as an error.
 pub async fn run_case(ctx: &RunContext, suite: &Suite, case: &Case) -> CaseRecord {
     let _in_case = InCase::enter();
-    let started = Utc::now();
-    let t0 = Instant::now();
-    let timeline = Arc::new(Timeline::new());
+    let mut started = Utc::now();
+    let mut t0 = Instant::now();
+    let mut timeline = Arc::new(Timeline::new());
     let full = format!("{}::{}", suite.suite, case.name);
     let mut st = CaseState {
         name: full.clone(),
@@ -108,6 +108,16 @@ pub async fn run_case(ctx: &RunContext, suite: &Suite, case: &Case) -> CaseRecor
             } else {
                 Lock::Read(ctx.exclusive.read().await)
             };
+            // the case starts when it holds the lock: its duration and its timeline do not
+            // count the time spent waiting for other cases
+            let waited = t0.elapsed();
+            started = Utc::now();
+            t0 = Instant::now();
+            timeline = Arc::new(Timeline::new());
+            st.timeline = timeline.clone();
+            if waited >= Duration::from_millis(100) {
+                st.timeline.record("lock", format!("waited {:.1}s for other cases before starting", waited.as_secs_f64()));
+            }
             let body = AssertUnwindSafe(run_steps(ctx, case, &mut st)).catch_unwind().await;
             let mut verdict = match body {
                 Ok(Ok(())) => Verdict::Passed,
@@ -375,6 +385,27 @@ mod tests {
         let suite = Suite { suite: "s".into(), description: "d".into(), cases: vec![] };
         let r = run_case(&ctx(Target::default(), false), &suite, &case(false, vec![Requirement::Etcd])).await;
         assert!(matches!(r.verdict, Verdict::Skipped { .. }), "{:?}", r.verdict);
+    }
+
+    #[tokio::test]
+    async fn time_waiting_for_the_exclusive_lock_is_not_the_cases_duration() {
+        let c = ctx(Target::default(), true);
+        let suite = Suite { suite: "s".into(), description: "d".into(), cases: vec![] };
+        let mut k = case(true, vec![]);
+        k.steps = vec![Step::Check(CheckSpec::HarnessSelftest(crate::suite::SelftestOutcome::Pass))];
+        // a read-only case holds the lock; the disruptive one waits for it
+        let held = c.exclusive.clone().read_owned().await;
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let at = Utc::now();
+            drop(held);
+            at
+        });
+        let r = run_case(&c, &suite, &k).await;
+        let released_at = release.await.unwrap();
+        assert!(matches!(r.verdict, Verdict::Passed), "{:?}", r.verdict);
+        assert!(r.started >= released_at, "the case started at {} before the lock was free at {released_at}", r.started);
+        assert!(r.timeline.iter().any(|e| e.message.starts_with("waited 0.")), "{:?}", r.timeline);
     }
 
     #[tokio::test]
