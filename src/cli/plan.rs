@@ -48,12 +48,20 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
     println!();
     let mut faults = 0;
     for (s, c) in runner::selected(&suites, &args.sel) {
-        let tag = if c.disruptive { " [disruptive]" } else { " [read-only]" };
+        let w = writes(&s.suite, &c);
+        let tag = match (c.disruptive, w.is_empty()) {
+            (true, _) => " [disruptive]",
+            (false, false) => " [no faults; writes]",
+            (false, true) => " [read-only]",
+        };
         println!("{}::{}{tag}  {}", s.suite, c.name, c.description);
         for f in c.faults() {
             faults += 1;
             println!("    inject: {} via {access}", describe(f));
             println!("    revert: {}", revert(f));
+        }
+        for line in w {
+            println!("    writes: {line}");
         }
     }
     println!("\n{faults} fault(s) would be injected; every one is journaled in the ledger before it is applied.");
@@ -71,6 +79,28 @@ fn role(r: MemberRole, count: usize) -> String {
     } else {
         format!("{count} {who} (chosen at injection)")
     }
+}
+
+/// What a case writes besides its faults (each removed at the end of the case).
+pub fn writes(suite: &str, c: &crate::suite::Case) -> Vec<String> {
+    use crate::suite::{CheckSpec, ProbeSpec, Step};
+    let mut out = Vec::new();
+    for s in &c.steps {
+        match s {
+            Step::Probe(ProbeSpec::EtcdWrites { per_second, .. }) => {
+                out.push(format!("etcd keys /hadrill/<run>/{suite}/{}/… at {per_second}/s (deleted at the end of the case)", c.name))
+            }
+            Step::Check(CheckSpec::EtcdSnapshotRestores { .. }) => {
+                out.push(format!("two marker keys /hadrill/<run>/{suite}/{}/… in etcd (deleted at the end of the case)", c.name));
+                out.push(
+                    "a snapshot of etcd (every Secret of the cluster) into a 0600 file under $TMPDIR/hadrill-dr-…, and a scratch etcd on loopback restored from it (both removed at the end of the case; journaled for `hadrill recover`)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// One line: what a fault does.

@@ -95,6 +95,7 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         CheckSpec::EtcdLeaderAgreement => topology::leader_agreement(&view(ctx, st).await?),
         CheckSpec::EtcdDbSizeSpread { max_ratio } => topology::db_size_spread(&view(ctx, st).await?, *max_ratio),
         CheckSpec::HarnessSelftest(outcome) => super::selftest::check(*outcome, st)?,
+        CheckSpec::EtcdSnapshotRestores { within } => super::dr::check(ctx, *within, st).await?,
         CheckSpec::EtcdRefusesClientCert { .. } | CheckSpec::EtcdAcceptsControlCert | CheckSpec::EtcdServingCertValidFor { .. } => super::certs::check(ctx, spec, st).await?,
         k @ (CheckSpec::KubeControlPlaneCount { .. } | CheckSpec::KubeServerIsLoadBalancer | CheckSpec::KubeLeasesRenewed) => super::kube::check(ctx, k, st).await?,
         other => match super::quorum::check(ctx, other, st).await {

@@ -38,6 +38,10 @@ pub enum Fault {
     /// Stop a process of the local rig (an etcd member or a Kubernetes component) by pid,
     /// checked against its start time; revert restarts it with its stored command line.
     RigProcessStop { rig_dir: PathBuf, name: String, pid: i32, start_time: u64, signal: StopSignal },
+    /// The disaster-recovery drill's scratch directory on this machine (a snapshot of the
+    /// cluster's etcd, and the scratch member restored from it); revert stops that member and
+    /// removes the directory.
+    DrScratch { dir: PathBuf },
 }
 
 fn signal_name(s: StopSignal) -> &'static str {
@@ -70,6 +74,9 @@ impl Fault {
                 "delay the peer traffic of {} by {delay_ms}ms (tc netem on {dev} in {}, dead-man {dead_man_secs}s)",
                 member.name, member.netns
             ),
+            Fault::DrScratch { dir } => {
+                format!("scratch directory {} for the etcd snapshot and the member restored from it", dir.display())
+            }
             Fault::RigProcessStop { rig_dir, name, pid, signal, .. } => format!(
                 "stop {name} of rig {} ({} pid {pid})",
                 rig_dir.display(),
@@ -91,6 +98,7 @@ impl Fault {
                 format!("kill the dead-man timer hadrill-deadman-{token}, delete the root qdisc of {dev}")
             }
             Fault::RigProcessStop { name, .. } => format!("restart {name} with its command line, namespace and data"),
+            Fault::DrScratch { dir } => format!("stop the scratch etcd in {}, remove the directory", dir.display()),
         }
     }
 
@@ -122,6 +130,7 @@ impl Fault {
             }
             // The rig is started by the caller; the entry only records that it must go.
             Fault::EphemeralRig { .. } => Ok(()),
+            Fault::DrScratch { dir } => crate::engine::dr::create_scratch(dir).map_err(fail),
             Fault::Partition { token, isolated, others, peer_ports, dead_man_secs, .. } => {
                 net::apply_partition(isolated, others, peer_ports, token, *dead_man_secs).await.map_err(fail)
             }
@@ -152,6 +161,7 @@ impl Fault {
             Fault::RigProcessStop { rig_dir, name, .. } => {
                 crate::rig::restart_process(rig_dir, name).await.map_err(|e| fail(crate::exit::chain(&e)))
             }
+            Fault::DrScratch { dir } => crate::engine::dr::remove_scratch(dir).await.map_err(fail),
         }
     }
 }

@@ -346,6 +346,13 @@ pub enum CheckSpec {
     KubeServerIsLoadBalancer,
     /// The controller-manager and scheduler leases are held and renewed within their duration.
     KubeLeasesRenewed,
+    /// The disaster-recovery drill: a marker, a snapshot streamed from a member (within
+    /// `within`), `snapshot status`, a second marker, the snapshot restored into a scratch
+    /// member on this machine: the first marker is there, the second is not.
+    EtcdSnapshotRestores {
+        #[serde(default = "default_snapshot_within", with = "humantime_serde")]
+        within: Duration,
+    },
 }
 
 /// How a `harness_selftest` check ends its case.
@@ -396,6 +403,9 @@ fn default_interval() -> Duration {
 }
 fn default_min_days() -> i64 {
     crate::check::certs::DEFAULT_MIN_DAYS
+}
+fn default_snapshot_within() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_dead_man() -> Duration {
     Duration::from_secs(120)
