@@ -272,7 +272,7 @@ pub fn write_state(st: &RigState) -> Result<(), RigError> {
 
 /// Writes `target.yaml`: the members with the client certificate, and in kube mode the admin
 /// kubeconfig (through the load balancer).
-pub(crate) fn write_target(st: &RigState) -> Result<(), RigError> {
+pub fn write_target(st: &RigState) -> Result<(), RigError> {
     let c = crate::config::Config {
         etcd: Some(crate::config::EtcdConfig {
             endpoints: st.members.iter().map(|m| m.client_url.clone()).collect(),
