@@ -317,3 +317,143 @@ fn kube_mode_brings_up_a_whole_ha_control_plane() {
     assert_eq!(code, 0, "{}", show(code, &out, &err));
     assert!(leftovers(&d.dir).is_empty(), "{:?}", leftovers(&d.dir));
 }
+
+/// A test double for the three Kubernetes binaries, to drive the whole bring-up (hosts,
+/// HAProxy, waits, leases, restart) where the real binaries cannot be installed: each
+/// answers `--version` like the real ones and serves HTTPS with the certificate and address
+/// its real flags name — `/readyz` (apiserver, client certificates verified against
+/// `--client-ca-file` when sent), `/healthz` (controller-manager, scheduler), and the two
+/// leader-election leases as the API returns them. It checks nothing a real component
+/// checks: what it proves is the rig's orchestration, not Kubernetes.
+const FAKE_COMPONENT: &str = r#"#!/usr/bin/env python3
+import sys, ssl, json, socket, socketserver, http.server, os
+if '--version' in sys.argv:
+    print('Kubernetes v1.26.3'); sys.exit(0)
+args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
+role = os.path.basename(sys.argv[0])
+host = args.get('advertise-address') or args['bind-address']
+port = int(args['secure-port'])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path in ('/readyz', '/healthz', '/livez'):
+            body, ctype = b'ok', 'text/plain'
+        elif role == 'kube-apiserver' and self.path.startswith('/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/'):
+            name = self.path.rsplit('/', 1)[1]
+            holder = {'kube-controller-manager': 'controller-manager-1', 'kube-scheduler': 'scheduler-2'}.get(name)
+            if holder is None:
+                self.send_error(404); return
+            body = json.dumps({'apiVersion': 'coordination.k8s.io/v1', 'kind': 'Lease',
+                'metadata': {'name': name, 'namespace': 'kube-system'},
+                'spec': {'holderIdentity': holder + '_0b6d1f2e', 'leaseDurationSeconds': 15}}).encode()
+            ctype = 'application/json'
+        else:
+            self.send_error(404); return
+        self.send_response(200)
+        self.send_header('Content-Type', ctype)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *a):
+        sys.stderr.write('%s %s\n' % (socket.gethostname(), fmt % a))
+class S(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    def server_bind(self):
+        # HTTPServer's own looks the address up in DNS (getfqdn): seconds with no resolver
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = host, port
+srv = S((host, port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(args['tls-cert-file'], args['tls-private-key-file'])
+if role == 'kube-apiserver':
+    ctx.load_verify_locations(args['client-ca-file'])
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
+print('%s (fake) serving on %s:%d as host %s' % (role, host, port, socket.gethostname()), flush=True)
+srv.serve_forever()
+"#;
+
+fn fake_live_kube_bin(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for b in rk::KUBE_BINARIES {
+        let p = dir.join(b);
+        std::fs::write(&p, FAKE_COMPONENT).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn bring_up_orchestration_with_stand_in_components() {
+    if skip_unless_root("bring_up_orchestration_with_stand_in_components") {
+        return;
+    }
+    if rig::net::which("python3").is_none() {
+        eprintln!("SKIPPED bring_up_orchestration_with_stand_in_components: python3 is not on PATH");
+        return;
+    }
+    let rt = runtime();
+    let d = RigDir::new();
+    let fake = tempfile::tempdir().unwrap();
+    fake_live_kube_bin(fake.path());
+    let (code, out, err) = hadrill(&["rig", "up", "--dir", d.path(), "--kube-bin", fake.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+    let st = rig::status(&d.dir).unwrap();
+    let k = st.kube.clone().expect("kube mode recorded");
+    assert_eq!(k.hosts.len(), 8);
+    for h in &k.hosts {
+        assert!(proc_::alive(h.pid, h.start_time), "{} is not running", h.name);
+        assert!(out.contains(&h.log.display().to_string()), "rig up must print {}'s log:\n{out}", h.name);
+        assert_eq!(rt.block_on(rk::host::hostname_of(h.pid)).as_deref(), Some(h.name.as_str()));
+        assert_eq!(netns_name_of(h.pid), h.netns);
+        if h.role != Role::LoadBalancer {
+            assert_eq!(h.version.as_deref(), Some("v1.26.3"), "{}", h.name);
+            let log = std::fs::read_to_string(&h.log).unwrap();
+            assert!(log.contains(&format!("as host {}", h.name)), "{}", rig::process::tail(&h.log, 5));
+        }
+    }
+    assert!(out.contains(&format!("admin kubeconfig: {}", k.admin_kubeconfig.display())), "{out}");
+    assert_eq!(std::fs::metadata(&k.admin_kubeconfig).unwrap().permissions().mode() & 0o777, 0o600);
+    // HAProxy sees every apiserver UP (its TLS /readyz checks pass)
+    let mut states = Vec::new();
+    let up = poll_until(Duration::from_secs(10), || {
+        states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states.len() == 3 && states.iter().all(|(_, s)| s == "UP")
+    });
+    assert!(up, "backends: {states:?}");
+    // the control plane with versions, and the target through the LB
+    let cp = ControlPlane::from_rig(&st);
+    assert!(cp.of(Component::Apiserver).iter().all(|i| i.version.as_deref() == Some("v1.26.3")));
+    let target = std::fs::read_to_string(d.dir.join("target.yaml")).unwrap();
+    assert!(target.contains(&k.admin_kubeconfig.display().to_string()), "{target}");
+
+    // an apiserver killed: HAProxy marks it DOWN; the revert restarts it and it is UP again
+    let a2 = k.host("apiserver-2").unwrap().clone();
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(ledger_dir.path()).unwrap();
+    let f = Fault::RigProcessStop { rig_dir: st.dir.clone(), name: a2.name.clone(), pid: a2.pid, start_time: a2.start_time, signal: StopSignal::Kill };
+    let g = rt.block_on(fault::inject(&ledger, f)).unwrap();
+    let down = poll_until(Duration::from_secs(10), || {
+        states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states.iter().any(|(n, s)| n == "apiserver-2" && s.starts_with("DOWN"))
+    });
+    assert!(down, "HAProxy did not mark the killed apiserver DOWN: {states:?}");
+    rt.block_on(g.revert()).expect("apiserver-2 restarts and is ready");
+    let a2b = rig::status(&d.dir).unwrap().kube.unwrap().host("apiserver-2").unwrap().clone();
+    assert_ne!(a2b.pid, a2.pid);
+    assert_eq!(rt.block_on(rk::host::hostname_of(a2b.pid)).as_deref(), Some("apiserver-2"));
+    let up = poll_until(Duration::from_secs(10), || {
+        states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states.iter().any(|(n, s)| n == "apiserver-2" && s == "UP")
+    });
+    assert!(up, "{states:?}");
+
+    // rig down stops all 8 hosts and 3 members; twice is fine
+    let (code, out, err) = hadrill(&["rig", "down", "--dir", d.path()]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+    for h in &k.hosts {
+        assert!(out.contains(&format!(" {} (pid ", h.name)) || h.name == "apiserver-2", "{} not stopped:\n{out}", h.name);
+    }
+    assert!(!proc_::alive(a2b.pid, a2b.start_time));
+    assert!(leftovers(&d.dir).is_empty(), "{:?}", leftovers(&d.dir));
+    let (code, out, err) = hadrill(&["rig", "down", "--dir", d.path()]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+}

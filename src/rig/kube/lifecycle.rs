@@ -246,10 +246,12 @@ pub async fn wait_healthy(dir: &Path, k: &KubeRigState, h: &KubeHost, within: Du
         if !proc_::alive(h.pid, h.start_time) {
             return Err(not_ready(dir, h, format!("{} {} (pid {}) exited while starting", h.role.program(), h.name, h.pid)));
         }
+        let t = Instant::now();
         let why = match check(k, h).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        tracing::debug!("{} not healthy yet ({:?}): {why}", h.name, t.elapsed());
         if Instant::now() >= end {
             return Err(not_ready(dir, h, format!("{} {} not healthy within {within:?}: {why}", h.role.program(), h.name)));
         }
@@ -313,6 +315,7 @@ pub async fn wait_leases(dir: &Path, k: &KubeRigState, within: Duration) -> Resu
 }
 
 async fn start_and_wait(st: &mut RigState, role: Role, within: Duration) -> Result<(), RigError> {
+    let t = Instant::now();
     let names: Vec<String> = st.kube.as_ref().map(|k| k.of(role).map(|h| h.name.clone()).collect()).unwrap_or_default();
     for n in &names {
         start_host(st, n)?;
@@ -322,6 +325,7 @@ async fn start_and_wait(st: &mut RigState, role: Role, within: Duration) -> Resu
     for h in k.of(role) {
         wait_healthy(&st.dir, &k, h, within).await?;
     }
+    tracing::info!("rig kube mode: {} {} healthy after {:?}", names.len(), role.program(), t.elapsed());
     Ok(())
 }
 
@@ -329,14 +333,18 @@ async fn start_and_wait(st: &mut RigState, role: Role, within: Duration) -> Resu
 /// HAProxy, the API through it, controller-managers and schedulers, their leases. The state
 /// is written after every start, so that `down` finds every process if this fails.
 pub async fn up(st: &mut RigState, bins: &Binaries) -> Result<(), RigError> {
+    let t = Instant::now();
     let k = plan(st, bins).await?;
     st.kube = Some(k);
     crate::rig::lifecycle::write_state(st)?;
+    tracing::info!("rig kube mode: planned (PKI, kubeconfigs, HAProxy configuration) in {:?}", t.elapsed());
     create_hosts(st).await?;
+    tracing::info!("rig kube mode: host namespaces created after {:?}", t.elapsed());
     start_and_wait(st, Role::Apiserver, APISERVER_DEADLINE).await?;
     start_and_wait(st, Role::LoadBalancer, COMPONENT_DEADLINE).await?;
     let k = st.kube.clone().expect("planned");
     wait_api_through_lb(&st.dir, &k, COMPONENT_DEADLINE).await?;
+    tracing::info!("rig kube mode: the API answers through the load balancer after {:?}", t.elapsed());
     start_and_wait(st, Role::ControllerManager, COMPONENT_DEADLINE).await?;
     start_and_wait(st, Role::Scheduler, COMPONENT_DEADLINE).await?;
     let k = st.kube.clone().expect("planned");
