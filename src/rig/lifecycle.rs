@@ -374,6 +374,15 @@ pub async fn health(st: &RigState) -> String {
         };
         out.push_str(&format!("  {:<4} {line}\n", m.name));
     }
+    if let Some(k) = &st.kube {
+        for h in k.hosts.iter().filter(|h| h.pid > 0) {
+            let line = match super::kube::lifecycle::check(k, h).await {
+                Ok(()) => "healthy".to_string(),
+                Err(e) => format!("NOT HEALTHY: {e}"),
+            };
+            out.push_str(&format!("  {:<21} {line}\n", h.name));
+        }
+    }
     out
 }
 

@@ -33,8 +33,8 @@ pub fn argv(ip: &Path, unshare: &Path, netns: &str, hostname: &str, program: &Pa
     v
 }
 
-/// The hostname a process sees (its UTS namespace's), from `/proc/PID/root/proc/sys/…` is
-/// not reliable across mount namespaces: entered with `nsenter --uts`.
+/// The hostname a process sees (its UTS namespace's), read by entering that namespace with
+/// `nsenter --uts` (needs root).
 pub async fn hostname_of(pid: i32) -> Option<String> {
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(5),
