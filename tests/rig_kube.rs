@@ -394,10 +394,19 @@ fn bring_up_orchestration_with_stand_in_components() {
     let d = RigDir::new();
     let fake = tempfile::tempdir().unwrap();
     fake_live_kube_bin(fake.path());
-    let (code, out, err) = hadrill(&["rig", "up", "--dir", d.path(), "--kube-bin", fake.path().to_str().unwrap()]);
+    // the binaries on PATH: kube mode without --kube-bin (and not with --no-kube)
+    let path = format!("{}:{}", fake.path().display(), std::env::var("PATH").unwrap());
+    let (code, out, err) = hadrill_env(&["rig", "up", "--dir", d.path(), "--members", "1", "--no-kube"], &[("PATH", &path)]);
     assert_eq!(code, 0, "{}", show(code, &out, &err));
+    assert!(rig::status(&d.dir).unwrap().kube.is_none(), "--no-kube must keep the rig etcd-only");
+    assert!(out.contains("kube mode: off"), "{out}");
+    rt.block_on(rig::down(&d.dir)).unwrap();
+    let (code, out, err) = hadrill_env(&["rig", "up", "--dir", d.path()], &[("PATH", &path)]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+    assert!(err.contains(&format!("kube mode with the binaries in {}", fake.path().display())), "{err}");
     let st = rig::status(&d.dir).unwrap();
     let k = st.kube.clone().expect("kube mode recorded");
+    assert_eq!(k.bin_dir, fake.path());
     assert_eq!(k.hosts.len(), 8);
     for h in &k.hosts {
         assert!(proc_::alive(h.pid, h.start_time), "{} is not running", h.name);

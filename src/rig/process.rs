@@ -198,6 +198,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn programs_are_found_by_a_rig_path_in_their_arguments() {
+        let d = tempfile::tempdir().unwrap();
+        let prefix = format!("{}/", d.path().display());
+        let log = d.path().join("l");
+        let arg = |s: &str| s.to_string();
+        // `sh -c 'sleep 60; :' x <arg>`: the shell stays (it does not exec its last command)
+        let a = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("{prefix}a.cfg")], &log).unwrap();
+        let b = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("--tls-cert-file={prefix}b.crt")], &log).unwrap();
+        let other = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), arg("/elsewhere/c")], &log).unwrap();
+        let found: Vec<i32> = programs_with_arg(&["sh"], &prefix).iter().map(|p| p.0).collect();
+        let none = programs_with_arg(&["haproxy"], &prefix);
+        stop_all(&[a, b, other], Duration::from_secs(5)).await;
+        assert!(found.contains(&a.0) && found.contains(&b.0), "{found:?} lacks {} or {}", a.0, b.0);
+        assert!(!found.contains(&other.0), "a process without the rig's path was matched");
+        assert!(none.is_empty(), "another program was matched: {none:?}");
+    }
+
+    #[tokio::test]
     async fn stop_all_kills_what_ignores_sigterm() {
         let d = tempfile::tempdir().unwrap();
         let argv: Vec<String> =
