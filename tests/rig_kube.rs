@@ -438,7 +438,11 @@ fn bring_up_orchestration_with_stand_in_components() {
     let a2 = k.host("apiserver-2").unwrap().clone();
     let ledger_dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(ledger_dir.path()).unwrap();
-    let f = Fault::RigProcessStop { rig_dir: st.dir.clone(), name: a2.name.clone(), pid: a2.pid, start_time: a2.start_time, signal: StopSignal::Kill };
+    let (pid, start_time) = st.process("apiserver-2").expect("apiserver-2 runs");
+    assert_eq!((pid, start_time), (a2.pid, a2.start_time));
+    assert_eq!(st.process("m1"), Some((st.members[0].pid, st.members[0].start_time)));
+    assert_eq!(st.process("apiserver-9"), None);
+    let f = Fault::RigProcessStop { rig_dir: st.dir.clone(), name: a2.name.clone(), pid, start_time, signal: StopSignal::Kill };
     let g = rt.block_on(fault::inject(&ledger, f)).unwrap();
     let down = poll_until(Duration::from_secs(10), || {
         states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();

@@ -175,6 +175,16 @@ impl RigState {
     pub fn member(&self, name: &str) -> Option<&MemberState> {
         self.members.iter().find(|m| m.name == name)
     }
+    /// The running process named `name` (an etcd member, or a kube-mode host such as
+    /// `apiserver-2`): (pid, start time), what a `Fault::RigProcessStop` signals. None when
+    /// there is no such process or it was never started.
+    pub fn process(&self, name: &str) -> Option<(i32, u64)> {
+        if let Some(m) = self.member(name) {
+            return Some((m.pid, m.start_time));
+        }
+        let h = self.kube.as_ref()?.host(name)?;
+        (h.pid > 0).then_some((h.pid, h.start_time))
+    }
 }
 
 /// What `rig down` removed.
