@@ -96,7 +96,10 @@ pub(super) fn kube_binaries(
     }
     match given {
         Some(d) => rig::kube::Binaries::find(Some(d)).map(Some).map_err(|e| Fatal::usage(e.to_string())),
-        None if isolation == Isolation::Loopback || !nix::unistd::geteuid().is_root() => Ok(None),
+        // from PATH only where kube mode can run: root, namespaces (else etcd only, as before)
+        None if isolation == Isolation::Loopback || !nix::unistd::geteuid().is_root() || rig::net::which("ip").is_none() => {
+            Ok(None)
+        }
         None => Ok(rig::kube::Binaries::on_path()),
     }
 }
