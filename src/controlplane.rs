@@ -73,10 +73,11 @@ impl ControlPlane {
         self.instances.iter().find(|i| i.component == c && i.host == host)
     }
 
-    /// The control plane of a rig: its etcd members, each a process of this machine (the
-    /// rig's Kubernetes components are added by the rig's kube mode).
+    /// The control plane of a rig: its etcd members and, in kube mode, its apiservers,
+    /// controller-managers and schedulers (each a host of its own: hostname, address,
+    /// network namespace), every one a process of this machine stopped by pid.
     pub fn from_rig(rig: &crate::rig::RigState) -> Self {
-        let instances = rig
+        let mut instances: Vec<Instance> = rig
             .members
             .iter()
             .map(|m| Instance {
@@ -90,6 +91,19 @@ impl ControlPlane {
                 version: None,
             })
             .collect();
+        for h in rig.kube.iter().flat_map(|k| k.hosts.iter()) {
+            let Some(component) = h.role.component() else { continue };
+            instances.push(Instance {
+                component,
+                host: h.name.clone(),
+                address: Some(h.address.clone()),
+                access: Some(NodeAccess::Local { netns: Some(h.netns.clone()) }),
+                access_error: None,
+                stop: Some(StopMethod::RigProcess { rig_dir: rig.dir.clone(), name: h.name.clone() }),
+                stop_error: None,
+                version: h.version.clone(),
+            });
+        }
         ControlPlane { source: format!("rig {}", rig.dir.display()), instances, has_kubelet: false, has_kubeadm: false }
     }
 }

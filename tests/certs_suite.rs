@@ -28,6 +28,7 @@ fn context(e: &TestEtcd, rig_dir: Option<&std::path::Path>, ledger: &std::path::
         client_key: e.client_key.clone(),
         election_timeout_ms: 1000,
         heartbeat_interval_ms: 100,
+        kube: None,
     });
     let target = Target { label: "test".into(), etcd: Some(etcd), rig, ..Default::default() };
     RunContext {

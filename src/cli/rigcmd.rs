@@ -1,4 +1,5 @@
-//! `hadrill rig up|status|down`: the local rig of real etcd members.
+//! `hadrill rig up|status|down`: the local rig of real etcd members, and in kube mode a whole
+//! HA control plane (apiservers behind HAProxy, controller-managers, schedulers).
 
 use std::path::PathBuf;
 
@@ -8,7 +9,9 @@ use crate::rig::{self, Isolation, RigSpec};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RigCmd {
-    /// Start N etcd members with mutual TLS and write the target file.
+    /// Start N etcd members with mutual TLS and write the target file; with the Kubernetes
+    /// server binaries (--kube-bin, or on PATH) also 3 apiservers behind HAProxy, 2
+    /// controller-managers and 2 schedulers.
     Up {
         #[arg(long, default_value_t = 3, value_name = "N")]
         members: usize,
@@ -16,6 +19,13 @@ pub enum RigCmd {
         dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Isolation::Auto)]
         isolation: Isolation,
+        /// Directory of kube-apiserver, kube-controller-manager and kube-scheduler (the
+        /// Kubernetes server release's bin directory); default: PATH, when all three are there.
+        #[arg(long, value_name = "DIR")]
+        kube_bin: Option<PathBuf>,
+        /// Only etcd, even when the Kubernetes binaries are on PATH.
+        #[arg(long, conflicts_with = "kube_bin")]
+        no_kube: bool,
     },
     /// Show the members, their pids and health.
     Status {
@@ -32,15 +42,22 @@ pub enum RigCmd {
 pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
     let rt = super::runtime()?;
     match cmd {
-        RigCmd::Up { members, dir, isolation } => {
+        RigCmd::Up { members, dir, isolation, kube_bin, no_kube } => {
             if !(1..=7).contains(&members) {
                 return Err(Fatal::usage(format!("--members {members} is out of range (1 to 7)")));
             }
             let dir = dir.unwrap_or_else(rig::default_dir);
+            let kube = kube_binaries(kube_bin.as_deref(), no_kube, isolation)?;
+            if let Some(b) = &kube {
+                eprintln!("hadrill: kube mode with the binaries in {} (apiservers, HAProxy, controller-managers, schedulers)", b.dir.display());
+            }
             let st = rt
-                .block_on(rig::up(&RigSpec { dir: dir.clone(), members, isolation }))
+                .block_on(rig::up_with_kube(&RigSpec { dir: dir.clone(), members, isolation }, kube))
                 .map_err(|e| if e.is_usage() { Fatal::usage(crate::exit::chain(&e)) } else { Fatal::unreachable(crate::exit::chain(&e)) })?;
             print!("{}", rig::describe(&st));
+            if st.kube.is_none() {
+                println!("kube mode: off (give --kube-bin DIR with the Kubernetes server binaries to add a control plane)");
+            }
             println!("target file: {}", dir.join("target.yaml").display());
             println!("run against it: hadrill run --config {}", dir.join("target.yaml").display());
             Ok(Code::Ok)
@@ -64,5 +81,25 @@ pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
             println!("rig {} is down", dir.display());
             Ok(Code::Ok)
         }
+    }
+}
+
+/// The Kubernetes binaries for kube mode: those in `--kube-bin` (an error naming the first
+/// missing one), else those on PATH when all three are there and namespaces can be used.
+pub(super) fn kube_binaries(
+    given: Option<&std::path::Path>,
+    off: bool,
+    isolation: Isolation,
+) -> Result<Option<rig::kube::Binaries>, Fatal> {
+    if off {
+        return Ok(None);
+    }
+    match given {
+        Some(d) => rig::kube::Binaries::find(Some(d)).map(Some).map_err(|e| Fatal::usage(e.to_string())),
+        // from PATH only where kube mode can run: root, namespaces (else etcd only, as before)
+        None if isolation == Isolation::Loopback || !nix::unistd::geteuid().is_root() || rig::net::which("ip").is_none() => {
+            Ok(None)
+        }
+        None => Ok(rig::kube::Binaries::on_path()),
     }
 }

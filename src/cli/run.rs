@@ -24,6 +24,9 @@ pub struct RunArgs {
     /// How the members of the --rig rig are separated.
     #[arg(long, value_enum, default_value_t = Isolation::Auto, requires = "rig")]
     pub isolation: Isolation,
+    /// Give the --rig rig kube mode too, with the Kubernetes server binaries of this directory.
+    #[arg(long, value_name = "DIR", requires = "rig")]
+    pub kube_bin: Option<PathBuf>,
     /// Write a JUnit XML report here.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
@@ -77,6 +80,10 @@ pub fn run(g: &Global, args: RunArgs) -> Result<Code, Fatal> {
     let ledger_dir = g.ledger.clone().unwrap_or_else(Ledger::default_dir);
     let ledger = Ledger::open(&ledger_dir).map_err(|e| Fatal::usage(e.to_string()))?;
     let seed = args.seed.unwrap_or_else(rand::random);
+    let kube = match &args.kube_bin {
+        Some(d) => super::rigcmd::kube_binaries(Some(d), false, args.isolation)?,
+        None => None,
+    };
     let rt = super::runtime()?;
     crate::signals::install(&rt);
 
@@ -90,7 +97,7 @@ pub fn run(g: &Global, args: RunArgs) -> Result<Code, Fatal> {
         rig_guard = Some(guard);
         eprintln!("hadrill: starting a {}-member etcd rig in {}", args.members, dir.display());
         let spec = RigSpec { dir, members: args.members, isolation: args.isolation };
-        match rt.block_on(crate::rig::up(&spec)) {
+        match rt.block_on(crate::rig::up_with_kube(&spec, kube)) {
             Ok(s) => Some(s),
             Err(e) => {
                 finish_rig(&rt, rig_guard.take());

@@ -95,8 +95,15 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
         t.fact("etcd_endpoints", etcd.endpoints.join(","));
         t.etcd = Some(etcd);
     }
-    // the kubeconfig: explicit, or the default one unless the target is a rig or plain etcd
-    let kubeconfig = r.kubeconfig.clone().or_else(|| if t.etcd.is_none() { default_kubeconfig() } else { None });
+    // the kubeconfig: explicit, the rig's admin kubeconfig in kube mode (through its load
+    // balancer, the same code path as a real cluster), or the default one unless the target
+    // is a rig or plain etcd
+    let rig_kubeconfig = rig.as_ref().and_then(|r| r.kube.as_ref()).map(|k| k.admin_kubeconfig.clone());
+    let kubeconfig = r
+        .kubeconfig
+        .clone()
+        .or(rig_kubeconfig)
+        .or_else(|| if t.etcd.is_none() { default_kubeconfig() } else { None });
     if let Some(kc) = kubeconfig {
         let k = KubeTarget::load(&kc, r.context.as_deref()).await.map_err(|e| Fatal::usage(e.to_string()))?;
         if t.label.is_empty() {

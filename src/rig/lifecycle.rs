@@ -1,5 +1,6 @@
 //! The rig's lifecycle: `up` (directory, PKI, network, members, state and target files, wait
-//! for one agreed leader), `restart_member`, and `down` (which also removes a half-built rig).
+//! for one agreed leader; then kube mode when asked), `restart_member`, `restart_process`,
+//! and `down` (which also removes a half-built rig).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -55,6 +56,12 @@ fn is_root() -> bool {
 /// Starts the rig described by `spec` and returns once every member answers and all agree
 /// on one leader. On failure everything it started is removed again.
 pub async fn up(spec: &RigSpec) -> Result<RigState, RigError> {
+    up_with_kube(spec, None).await
+}
+
+/// Like [`up`]; with `kube` (the binaries found), kube mode is brought up on the members
+/// too (see [`super::kube`]): it needs network namespaces.
+pub async fn up_with_kube(spec: &RigSpec, kube: Option<super::kube::Binaries>) -> Result<RigState, RigError> {
     let etcd = net::which("etcd").ok_or(RigError::EtcdMissing)?;
     let ip = net::which("ip");
     let isolation = match spec.isolation {
@@ -64,8 +71,21 @@ pub async fn up(spec: &RigSpec) -> Result<RigState, RigError> {
         Isolation::Netns if is_root() && ip.is_some() => Isolation::Netns,
         Isolation::Netns => return Err(RigError::NetnsUnavailable { dir: shown(&spec.dir) }),
     };
+    if kube.is_some() && isolation != Isolation::Netns {
+        return Err(RigError::KubeNeedsNetns { dir: shown(&spec.dir) });
+    }
     let dir = claim_dir(&spec.dir)?;
-    match build(&dir, spec.members, isolation, &etcd, ip.as_deref()).await {
+    let built = match build(&dir, spec.members, isolation, &etcd, ip.as_deref()).await {
+        Ok(mut st) => match &kube {
+            Some(bins) => match super::kube::lifecycle::up(&mut st, bins).await {
+                Ok(()) => write_target(&st).map(|_| st),
+                Err(e) => Err(e),
+            },
+            None => Ok(st),
+        },
+        Err(e) => Err(e),
+    };
+    match built {
         Ok(st) => Ok(st),
         Err(e) => {
             if let Err(d) = down(&dir).await {
@@ -229,6 +249,7 @@ async fn build(
         client_key: pki_paths.client_key(),
         election_timeout_ms: ELECTION_MS,
         heartbeat_interval_ms: HEARTBEAT_MS,
+        kube: None,
     };
     drop(held);
     for m in &mut st.members {
@@ -249,7 +270,9 @@ pub fn write_state(st: &RigState) -> Result<(), RigError> {
     write_atomic(&st.dir, &st.dir.join(STATE_FILE), &body)
 }
 
-fn write_target(st: &RigState) -> Result<(), RigError> {
+/// Writes `target.yaml`: the members with the client certificate, and in kube mode the admin
+/// kubeconfig (through the load balancer).
+pub fn write_target(st: &RigState) -> Result<(), RigError> {
     let c = crate::config::Config {
         etcd: Some(crate::config::EtcdConfig {
             endpoints: st.members.iter().map(|m| m.client_url.clone()).collect(),
@@ -258,6 +281,7 @@ fn write_target(st: &RigState) -> Result<(), RigError> {
             key: Some(st.client_key.clone()),
         }),
         rig: Some(st.dir.clone()),
+        kubeconfig: st.kube.as_ref().map(|k| k.admin_kubeconfig.clone()),
         ..Default::default()
     };
     let body = format!("# written by `hadrill rig up`: hadrill run --config {}\n{}", st.dir.join(TARGET_FILE).display(), c.to_yaml());
@@ -350,11 +374,20 @@ pub async fn health(st: &RigState) -> String {
         };
         out.push_str(&format!("  {:<4} {line}\n", m.name));
     }
+    if let Some(k) = &st.kube {
+        for h in k.hosts.iter().filter(|h| h.pid > 0) {
+            let line = match super::kube::lifecycle::check(k, h).await {
+                Ok(()) => "healthy".to_string(),
+                Err(e) => format!("NOT HEALTHY: {e}"),
+            };
+            out.push_str(&format!("  {:<21} {line}\n", h.name));
+        }
+    }
     out
 }
 
 /// Serializes read-modify-write of `rig.json` (two members restarted at once).
-async fn lock_state(dir: &Path) -> Result<Flock<File>, RigError> {
+pub(crate) async fn lock_state(dir: &Path) -> Result<Flock<File>, RigError> {
     let path = dir.join("rig.lock");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -419,9 +452,20 @@ pub async fn restart_member(dir: &Path, member: &str) -> Result<(), RigError> {
 }
 
 /// Starts a stopped process of the rig again, by its name: an etcd member (see
-/// [`restart_member`]) or, in kube mode, a Kubernetes component.
+/// [`restart_member`]) or, in kube mode, a host (`apiserver-2`, `scheduler-1`, `lb`: see
+/// [`super::kube::lifecycle::restart_host`]), and waits until it is healthy.
 pub async fn restart_process(dir: &Path, name: &str) -> Result<(), RigError> {
-    restart_member(dir, name).await
+    let dir = normalize(dir);
+    let st = status(&dir)?;
+    if st.member(name).is_some() {
+        return restart_member(&dir, name).await;
+    }
+    if st.kube.as_ref().is_some_and(|k| k.host(name).is_some()) {
+        return super::kube::lifecycle::restart_host(&dir, name).await;
+    }
+    let mut names: Vec<&str> = st.members.iter().map(|m| m.name.as_str()).collect();
+    names.extend(st.kube.iter().flat_map(|k| k.hosts.iter().map(|h| h.name.as_str())));
+    Err(RigError::NoProcess { dir: shown(&dir), name: name.into(), names: names.join(", ") })
 }
 
 /// Stops every member and removes the namespaces, interfaces and the directory. Works on a
@@ -442,9 +486,17 @@ pub async fn down(dir: &Path) -> Result<DownReport, RigError> {
                 procs.insert(m.pid, (m.start_time, format!("etcd member {} (pid {})", m.name, m.pid)));
             }
         }
+        for (pid, start, what) in super::kube::lifecycle::recorded_processes(&st) {
+            procs.insert(pid, (start, what));
+        }
     }
     for (pid, start) in process::etcd_with_arg_prefix(&format!("--data-dir={}/", dir.display())) {
         procs.entry(pid).or_insert((start, format!("etcd pid {pid} (found by its command line)")));
+    }
+    // kube mode's programs name files of the rig in their arguments
+    let kube_programs = ["haproxy", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+    for (pid, start, prog) in process::programs_with_arg(&kube_programs, &format!("{}/", dir.display())) {
+        procs.entry(pid).or_insert((start, format!("{prog} pid {pid} (found by its command line)")));
     }
     if net::which("ip").is_some() {
         for ns in net::list_netns(&prefix).await.unwrap_or_default() {

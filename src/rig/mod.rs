@@ -4,12 +4,16 @@
 //! - [`pki`]: the CA, member and client certificates.
 //! - [`net`]: network namespaces, veths and the bridge (and their removal by prefix).
 //! - [`process`]: detached member processes, found again by command line, stopped safely.
-//! - [`lifecycle`]: `up`, `down`, `restart_member`.
+//! - [`lifecycle`]: `up`, `down`, `restart_member`, `restart_process`.
+//! - [`kube`]: kube mode: apiservers behind HAProxy, controller-managers and schedulers,
+//!   each a host of its own, when the Kubernetes server binaries are found.
 //!
 //! A rig directory holds `.hadrill-rig` (the marker that lets `down` remove it), `rig.json`
 //! (this module's [`RigState`]), `target.yaml` (a [`crate::config::Config`]), `pki/`, and
-//! per member `<name>/data` and `<name>/etcd.log`.
+//! per member `<name>/data` and `<name>/etcd.log`; in kube mode also `pki/kube/` and `kube/`
+//! (kubeconfigs, one directory per host with its log).
 
+pub mod kube;
 pub mod lifecycle;
 pub mod net;
 pub mod pki;
@@ -19,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use lifecycle::{down, restart_member, restart_process, up};
+pub use lifecycle::{down, restart_member, restart_process, up, up_with_kube};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RigError {
@@ -72,6 +76,15 @@ pub enum RigError {
     NoMember { dir: String, member: String, members: String },
     #[error("rig {dir}: could not remove everything: {problems}")]
     Down { dir: String, problems: String },
+    #[error("{source}")]
+    KubeBinaries {
+        #[source]
+        source: kube::FindError,
+    },
+    #[error("rig {dir}: kube mode needs network namespaces (root, iproute2): every component is a host with its own address and hostname")]
+    KubeNeedsNetns { dir: String },
+    #[error("rig {dir} has no process {name} (processes: {names})")]
+    NoProcess { dir: String, name: String, names: String },
 }
 
 impl RigError {
@@ -86,6 +99,8 @@ impl RigError {
                 | RigError::Stale { .. }
                 | RigError::NotEmpty { .. }
                 | RigError::NoRig { .. }
+                | RigError::KubeBinaries { .. }
+                | RigError::KubeNeedsNetns { .. }
         )
     }
 }
@@ -144,6 +159,9 @@ pub struct RigState {
     /// Election timeout given to every member, in milliseconds.
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// Kube mode's hosts and files, when it runs (absent in etcd-only rigs and older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<kube::KubeRigState>,
 }
 
 impl RigState {
@@ -156,6 +174,16 @@ impl RigState {
     }
     pub fn member(&self, name: &str) -> Option<&MemberState> {
         self.members.iter().find(|m| m.name == name)
+    }
+    /// The running process named `name` (an etcd member, or a kube-mode host such as
+    /// `apiserver-2`): (pid, start time), what a `Fault::RigProcessStop` signals. None when
+    /// there is no such process or it was never started.
+    pub fn process(&self, name: &str) -> Option<(i32, u64)> {
+        if let Some(m) = self.member(name) {
+            return Some((m.pid, m.start_time));
+        }
+        let h = self.kube.as_ref()?.host(name)?;
+        (h.pid > 0).then_some((h.pid, h.start_time))
     }
 }
 
@@ -217,5 +245,39 @@ pub fn describe(st: &RigState) -> String {
         st.pki().dir.display(),
         st.client_cert.display()
     ));
+    if let Some(k) = &st.kube {
+        out.push_str(&describe_kube(k));
+    }
+    out
+}
+
+/// The kube-mode part of [`describe`]: every host, its address, pid, state, log.
+fn describe_kube(k: &kube::KubeRigState) -> String {
+    let mut out = format!("kube mode (binaries {}):\n", k.bin_dir.display());
+    for h in &k.hosts {
+        let state = if h.pid == 0 {
+            "not started"
+        } else if !crate::fault::process::alive(h.pid, h.start_time) {
+            "NOT RUNNING"
+        } else {
+            "running"
+        };
+        out.push_str(&format!(
+            "  {:<21} {:<21} pid {:<7} {:<11} netns {} {}\n",
+            h.name,
+            format!("{}:{}", h.address, h.port),
+            h.pid,
+            state,
+            h.netns,
+            h.version.as_deref().unwrap_or("")
+        ));
+    }
+    out.push_str("kube logs:\n");
+    for h in &k.hosts {
+        out.push_str(&format!("  {:<21} {}\n", h.name, h.log.display()));
+    }
+    out.push_str(&format!("API server (load balancer): {}\n", k.server));
+    out.push_str(&format!("admin kubeconfig: {} (kubectl --kubeconfig {} get --raw /readyz)\n", k.admin_kubeconfig.display(), k.admin_kubeconfig.display()));
+    out.push_str(&format!("Kubernetes PKI: {} (kubeadm layout)\n", k.pki_dir.display()));
     out
 }

@@ -200,6 +200,26 @@ pub async fn create(id: &str, members: &[String]) -> Result<Built, NetError> {
     Ok(Built { subnet, members: out })
 }
 
+/// Adds one more host to a rig network that [`create`] built: a namespace `id-short` with
+/// loopback up, a veth `id-short` / `id-shortc` to the bridge, `addr`/24 on it, and a default
+/// route through the gateway (components that pick their address from the default route
+/// find this one). `short` is at most 5 characters (interface names have 15).
+pub async fn add_host(id: &str, short: &str, addr: Ipv4Addr) -> Result<String, NetError> {
+    let ns = netns_name(id, short);
+    let (vr, vm) = (veth_root(id, short), veth_member(id, short));
+    let o = addr.octets();
+    let gw = Ipv4Addr::new(o[0], o[1], o[2], 1).to_string();
+    let cidr = format!("{addr}/24");
+    ip(&["ip", "netns", "add", &ns]).await?;
+    ip(&["ip", "-n", &ns, "link", "set", "lo", "up"]).await?;
+    ip(&["ip", "link", "add", &vr, "type", "veth", "peer", "name", &vm, "netns", &ns]).await?;
+    ip(&["ip", "link", "set", &vr, "master", &bridge_name(id), "up"]).await?;
+    ip(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", &vm]).await?;
+    ip(&["ip", "-n", &ns, "link", "set", &vm, "up"]).await?;
+    ip(&["ip", "-n", &ns, "route", "add", "default", "via", &gw]).await?;
+    Ok(ns)
+}
+
 /// Whether bridged frames go through iptables (br_netfilter loaded and enabled) and iptables
 /// is there to let ours through.
 fn bridged_traffic_is_filtered() -> bool {

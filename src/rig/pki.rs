@@ -103,19 +103,38 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-fn dn(cn: &str, org: &str) -> DistinguishedName {
+/// A subject: the organizations (`O=`, in order), then the common name.
+fn dn_orgs(cn: &str, orgs: &[&str]) -> DistinguishedName {
     let mut d = DistinguishedName::new();
-    d.push(DnType::OrganizationName, org);
+    for o in orgs {
+        d.push(DnType::OrganizationName, *o);
+    }
     d.push(DnType::CommonName, cn);
     d
+}
+
+/// What a leaf certificate says: subject, SANs, extended key usages, validity.
+pub struct Leaf<'a> {
+    pub cn: &'a str,
+    pub orgs: &'a [&'a str],
+    pub sans: &'a [SanType],
+    pub ekus: &'a [ExtendedKeyUsagePurpose],
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
 }
 
 impl Ca {
     /// A new self-signed CA; returns it and its certificate's PEM.
     fn generate(now: OffsetDateTime) -> Result<(Self, Minted), PkiError> {
+        Self::generate_named("hadrill rig CA", &["hadrill"], now)
+    }
+
+    /// A new self-signed CA with this subject (the kube mode's `kubernetes` and
+    /// `front-proxy-ca`, as kubeadm names them); returns it and its certificate's PEM.
+    pub fn generate_named(cn: &str, orgs: &[&str], now: OffsetDateTime) -> Result<(Self, Minted), PkiError> {
         let key = KeyPair::generate().map_err(gen("CA key"))?;
         let mut p = CertificateParams::default();
-        p.distinguished_name = dn("hadrill rig CA", "hadrill");
+        p.distinguished_name = dn_orgs(cn, orgs);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         p.not_before = now - BACKDATE;
@@ -126,15 +145,20 @@ impl Ca {
         Ok((Self { issuer: Issuer::new(p, key) }, minted))
     }
 
-    /// Loads the CA of a rig's PKI directory (certificate and key).
-    pub fn load(paths: &PkiPaths) -> Result<Self, PkiError> {
-        let read = |p: PathBuf| {
-            std::fs::read_to_string(&p).map_err(|source| PkiError::Read { path: p.display().to_string(), source })
+    /// Loads a CA from its certificate and key files.
+    pub fn load_files(cert: &Path, key: &Path) -> Result<Self, PkiError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| PkiError::Read { path: p.display().to_string(), source })
         };
-        let cert = read(paths.ca_cert())?;
-        let key = KeyPair::from_pem(&read(paths.ca_key())?).map_err(gen("CA key (parse)"))?;
+        let cert = read(cert)?;
+        let key = KeyPair::from_pem(&read(key)?).map_err(gen("CA key (parse)"))?;
         let issuer = Issuer::from_ca_cert_pem(&cert, key).map_err(gen("CA certificate (parse)"))?;
         Ok(Self { issuer })
+    }
+
+    /// Loads the CA of a rig's PKI directory (certificate and key).
+    pub fn load(paths: &PkiPaths) -> Result<Self, PkiError> {
+        Self::load_files(&paths.ca_cert(), &paths.ca_key())
     }
 
     /// A certificate signed by this CA, valid from `not_before` to `not_after`.
@@ -146,17 +170,23 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<Minted, PkiError> {
-        let key = KeyPair::generate().map_err(gen(cn))?;
+        self.issue_leaf(&Leaf { cn, orgs: &["hadrill"], sans, ekus, not_before, not_after })
+    }
+
+    /// A leaf certificate signed by this CA with exactly the subject, SANs and extended key
+    /// usages given (key usage: digitalSignature and keyEncipherment, as kubeadm's).
+    pub fn issue_leaf(&self, leaf: &Leaf<'_>) -> Result<Minted, PkiError> {
+        let key = KeyPair::generate().map_err(gen(leaf.cn))?;
         let mut p = CertificateParams::default();
-        p.distinguished_name = dn(cn, "hadrill");
-        p.subject_alt_names = sans.to_vec();
+        p.distinguished_name = dn_orgs(leaf.cn, leaf.orgs);
+        p.subject_alt_names = leaf.sans.to_vec();
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        p.extended_key_usages = ekus.to_vec();
-        p.not_before = not_before;
-        p.not_after = not_after;
+        p.extended_key_usages = leaf.ekus.to_vec();
+        p.not_before = leaf.not_before;
+        p.not_after = leaf.not_after;
         p.serial_number = Some(serial());
         p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &self.issuer).map_err(gen(cn))?;
+        let cert = p.signed_by(&key, &self.issuer).map_err(gen(leaf.cn))?;
         Ok(Minted { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
@@ -216,7 +246,8 @@ pub fn write_pair(cert: &Path, key: &Path, m: &Minted) -> Result<(), PkiError> {
     write_file(key, m.key_pem.as_bytes(), 0o600)
 }
 
-fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<(), PkiError> {
+/// Writes a file with `mode` (set at creation, and again on an existing file).
+pub fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<(), PkiError> {
     let fail = |source| PkiError::Write { path: path.display().to_string(), source };
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(fail)?;
     // an existing file keeps its mode through open(): set it

@@ -100,6 +100,33 @@ pub fn etcd_with_arg_prefix(prefix: &str) -> Vec<(i32, u64)> {
     out
 }
 
+/// Processes of this machine running one of `programs` (by `/proc/PID/comm` or the first
+/// argument's file name) with an argument that starts with `prefix` or holds `=prefix`
+/// (`--tls-cert-file=<rig>/…`): (pid, start time, program).
+pub fn programs_with_arg(programs: &[&str], prefix: &str) -> Vec<(i32, u64, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let eq = format!("={prefix}");
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(args) = cmdline(pid) else { continue };
+        let c = comm(pid).unwrap_or_default();
+        let first = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+        // comm is cut at 15 characters (kube-controller-manager → kube-controller)
+        let Some(prog) = programs.iter().find(|p| **p == first || (!c.is_empty() && p.starts_with(c.as_str()) && c.len() >= 4))
+        else {
+            continue;
+        };
+        if args.iter().skip(1).any(|a| a.starts_with(prefix) || a.contains(&eq)) {
+            if let Some(start) = proc_::start_time(pid) {
+                out.push((pid, start, prog.to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Stops every process: SIGCONT (a paused one cannot act on SIGTERM), SIGTERM, and SIGKILL
 /// for those still running after `grace`. Each is signalled only if its start time matches.
 /// Returns the processes that are still there after the SIGKILL.
@@ -168,6 +195,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = spawn_detached(&["/nonexistent/etcd".to_string()], &d.path().join("l")).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[tokio::test]
+    async fn programs_are_found_by_a_rig_path_in_their_arguments() {
+        let d = tempfile::tempdir().unwrap();
+        let prefix = format!("{}/", d.path().display());
+        let log = d.path().join("l");
+        let arg = |s: &str| s.to_string();
+        // `sh -c 'sleep 60; :' x <arg>`: the shell stays (it does not exec its last command)
+        let a = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("{prefix}a.cfg")], &log).unwrap();
+        let b = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("--tls-cert-file={prefix}b.crt")], &log).unwrap();
+        let other = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), arg("/elsewhere/c")], &log).unwrap();
+        let found: Vec<i32> = programs_with_arg(&["sh"], &prefix).iter().map(|p| p.0).collect();
+        let none = programs_with_arg(&["haproxy"], &prefix);
+        stop_all(&[a, b, other], Duration::from_secs(5)).await;
+        assert!(found.contains(&a.0) && found.contains(&b.0), "{found:?} lacks {} or {}", a.0, b.0);
+        assert!(!found.contains(&other.0), "a process without the rig's path was matched");
+        assert!(none.is_empty(), "another program was matched: {none:?}");
     }
 
     #[tokio::test]
