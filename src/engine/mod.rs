@@ -6,6 +6,8 @@ mod certs;
 mod quorum;
 pub mod selftest;
 mod kube;
+mod kubecerts;
+mod skew;
 mod steps;
 
 use std::panic::AssertUnwindSafe;
@@ -225,6 +227,7 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
                 }
             }
             Requirement::EtcdCaKey => certs::ca_key_available(t)?,
+            Requirement::KubeCaKey => kubecerts::ca_key_available(t)?,
         }
     }
     Ok(())
