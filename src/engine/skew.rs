@@ -23,7 +23,7 @@ const NODE_DEADLINE: Duration = Duration::from_secs(120);
 pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     match spec {
         CheckSpec::VersionSkew => version_skew(ctx, st).await,
-        CheckSpec::KubeadmRefusesSkippingMinor => upgrade(ctx, st).await,
+        CheckSpec::KubeadmRefusesSkippingAMinor => upgrade(ctx, st).await,
         other => Err(StepEnd::Error(format!("not a skew check: {other:?}"))),
     }
 }

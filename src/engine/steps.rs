@@ -103,7 +103,7 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         | CheckSpec::KubeadmCertsValidFor { .. }
         | CheckSpec::ApiserverServesExpiredCert { .. }
         | CheckSpec::LbRoutesAroundExpiredCert { .. }) => super::kubecerts::check(ctx, k, st).await?,
-        k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingMinor) => super::skew::check(ctx, k, st).await?,
+        k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingAMinor) => super::skew::check(ctx, k, st).await?,
         other => match super::quorum::check(ctx, other, st).await {
             Some(r) => r?,
             None => {

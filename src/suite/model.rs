@@ -385,7 +385,7 @@ pub enum CheckSpec {
     VersionSkew,
     /// `kubeadm upgrade apply vX.(Y+2).0 --dry-run` on a control-plane node is refused with
     /// kubeadm's one-minor-at-a-time error (after `kubeadm upgrade plan`). Nothing else runs.
-    KubeadmRefusesSkippingMinor,
+    KubeadmRefusesSkippingAMinor,
     /// After `apiserver_cert_expired`: a direct TLS connection to that apiserver reports its
     /// certificate as expired within `within` (the apiserver reloads it from disk by itself).
     ApiserverServesExpiredCert {
