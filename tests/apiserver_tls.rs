@@ -95,17 +95,20 @@ async fn apiserver_double(ca: &Ca, serving: (String, String), careless: bool) ->
             tokio::spawn(async move {
                 let Ok(mut s) = acceptor.accept(tcp).await else { return };
                 let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let version = String::from_utf8_lossy(&buf[..n]).starts_with("GET /version ");
                 let chain: Vec<CertificateDer<'static>> =
                     s.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
                 let (code, body) = match chain.split_first() {
+                    // system:public-info-viewer lets anyone read /version
+                    None if version => (200, r#"{"major":"1","minor":"29","gitVersion":"v1.29.2"}"#.to_string()),
                     None => (403, forbidden("system:anonymous")),
                     Some((leaf, rest)) => {
                         let ok = careless || authenticator.verify_client_cert(leaf, rest, UnixTime::now()).is_ok();
                         if ok { (403, forbidden(&cn(leaf))) } else { (401, UNAUTHORIZED.to_string()) }
                     }
                 };
-                let reason = if code == 401 { "Unauthorized" } else { "Forbidden" };
+                let reason = match code { 200 => "OK", 401 => "Unauthorized", _ => "Forbidden" };
                 let answer = format!(
                     "HTTP/1.1 {code} {reason}\r\nAudit-Id: 4a1c\r\nCache-Control: no-cache, private\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -193,4 +196,87 @@ async fn an_expired_serving_certificate_is_named() {
     let w = hadrill::check::certs::window(&chain.certs[0]).unwrap();
     let (v, _) = hadrill::check::certs::serving_windows("x", "y", &[(format!("apiserver {url}"), Ok(w))], now, 30);
     assert!(!v.passed && v.message.contains("serving certificate EXPIRED"), "{}", v.message);
+}
+
+/// A real HAProxy in TCP mode in front of two apiserver doubles, one of which serves an
+/// expired certificate; killed on drop (also when the test panics).
+struct Haproxy {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
+    if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("haproxy not installed (ci/install-deps.sh): skipping");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server api{i} {}\n", b.trim_start_matches("https://")))
+        .collect();
+    let cfg = format!(
+        "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+         backend be\n  balance roundrobin\n  default-server inter 300ms fall 2 rise 2 check check-ssl {server_check}\n{servers}"
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let check = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
+    assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+    let child = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let h = Haproxy { child, _dir: dir, url: format!("https://127.0.0.1:{port}") };
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "haproxy did not listen within 10s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(h)
+}
+
+async fn through_haproxy(server_check: &str) -> Option<hadrill::check::CheckOutcome> {
+    let ca = Ca::generate("kubernetes").unwrap();
+    let now = Utc::now();
+    let good = apiserver_double(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), false).await;
+    let expired = apiserver_double(&ca, serving(&ca, Window::Expired.bounds(now)), false).await;
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca.cert_pem()).unwrap();
+    let h = haproxy(&[&good, &expired], &server_check.replace("CA_FILE", &ca_file.path().display().to_string()))?;
+    let samples = hadrill::probe::lb::sample(&h.url, ca.cert_pem().as_bytes(), Duration::from_secs(5), |_| {}).await;
+    Some(kube_certs::lb_verdict(&h.url, &expired, &samples, 2.0, 3.0))
+}
+
+/// `check-ssl verify none` completes a handshake with the expired backend and keeps it:
+/// requests keep failing, and the case says so.
+#[tokio::test]
+async fn haproxy_with_an_unverified_tls_check_keeps_the_expired_backend_and_fails() {
+    let Some(o) = through_haproxy("verify none").await else { return };
+    assert!(!o.passed, "{}\n{}", o.message, o.evidence);
+    assert!(o.message.contains("check-ssl verify none"), "{}", o.message);
+    assert!(o.evidence.contains("it has expired"), "{}", o.evidence);
+}
+
+/// A health check that verifies the certificate drops the expired backend: requests through
+/// the balancer succeed from then on.
+#[tokio::test]
+async fn haproxy_with_a_verifying_tls_check_drops_the_expired_backend_and_passes() {
+    let Some(o) = through_haproxy("verify required ca-file CA_FILE").await else { return };
+    assert!(o.passed, "{}\n{}", o.message, o.evidence);
 }

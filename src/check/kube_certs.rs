@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::certs::{describe_window, CertWindow};
 use super::CheckOutcome;
 use crate::suite::ClientCertKind;
+use crate::probe::lb::LbSample;
 use crate::tls::{HandshakeOutcome, HttpAnswer};
 
 /// The request every certificate is presented with: it needs an authenticated user
@@ -184,6 +185,44 @@ pub fn accepts_control_cert(user: &str, cert: &CertWindow, tried: &[(String, Htt
     (out.with_evidence(evidence), untested)
 }
 
+/// The verdict over the samples: once the health check has dropped the backend (at most
+/// `within` seconds in), every request during the following `window` seconds succeeds.
+pub fn lb_verdict(lb: &str, backend: &str, samples: &[LbSample], within: f64, window: f64) -> CheckOutcome {
+    const N: &str = "lb_routes_around_expired_cert";
+    let failed: Vec<&LbSample> = samples.iter().filter(|s| !s.ok).collect();
+    let in_window: Vec<&&LbSample> = failed.iter().filter(|s| s.at >= within).collect();
+    let mut evidence = format!("load balancer {lb}; backend with the expired certificate {backend}\n");
+    for s in samples.iter().filter(|s| !s.ok) {
+        evidence.push_str(&format!("  {:>7.2}s FAILED {}\n", s.at, s.what));
+    }
+    evidence.push_str(&format!("{} requests, {} failed\n", samples.len(), failed.len()));
+    let after = samples.iter().filter(|s| s.at >= within).count();
+    if after == 0 {
+        return CheckOutcome::fail(N, format!("no request through {lb} was made after {within:.0}s: the window {window:.0}s is empty"))
+            .with_evidence(evidence);
+    }
+    if in_window.is_empty() {
+        let last_fail = failed.last().map(|s| format!("the last failure at {:.1}s", s.at)).unwrap_or_else(|| "no failure at all".into());
+        CheckOutcome::pass(
+            N,
+            format!("through {lb}: all {after} request(s) from {within:.0}s to {:.0}s succeeded ({last_fail}; {} failed in all)", within + window, failed.len()),
+        )
+        .with_evidence(evidence)
+    } else {
+        CheckOutcome::fail(
+            N,
+            format!(
+                "through {lb}, {} of {after} request(s) still failed after {within:.0}s (first: `{}` at {:.1}s): the load balancer keeps sending traffic to {backend}, whose certificate expired — \
+                 a TLS health check that does not verify the certificate (HAProxy `check-ssl verify none`) does not drop it",
+                in_window.len(),
+                in_window[0].what,
+                in_window[0].at
+            ),
+        )
+        .with_evidence(evidence)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,4 +347,35 @@ mod tests {
         let (o, _) = accepts_control_cert("hadrill-certs-probe", &window(), &tried);
         assert!(!o.passed && o.message.contains("system:anonymous"), "{}", o.message);
     }
+
+    fn samples(fails_at: &[f64], until: f64) -> Vec<LbSample> {
+        let mut v = Vec::new();
+        let mut t = 0.0;
+        while t < until {
+            let ok = !fails_at.iter().any(|f| (f - t).abs() < 0.05);
+            v.push(LbSample { at: t, ok, what: if ok { "HTTP 200".into() } else { "we refused the server's certificate: it has expired".into() } });
+            t += 0.5;
+        }
+        v
+    }
+
+    #[test]
+    fn a_balancer_that_drops_the_backend_passes() {
+        let s = samples(&[0.5, 1.5, 3.0], 20.0);
+        let o = lb_verdict("https://10.0.0.10:6443", "https://10.0.0.12:6443", &s, 10.0, 10.0);
+        assert!(o.passed, "{}", o.message);
+        assert!(o.message.contains("the last failure at 3.0s"), "{}", o.message);
+    }
+
+    /// HAProxy with `check-ssl verify none` keeps the backend: one request in three keeps failing.
+    #[test]
+    fn a_balancer_that_keeps_the_backend_fails_and_says_why() {
+        let fails: Vec<f64> = (0..40).map(|i| i as f64 * 1.5).collect();
+        let s = samples(&fails, 20.0);
+        let o = lb_verdict("https://10.0.0.10:6443", "https://10.0.0.12:6443", &s, 10.0, 10.0);
+        assert!(!o.passed);
+        assert!(o.message.contains("keeps sending traffic to https://10.0.0.12:6443"), "{}", o.message);
+        assert!(o.message.contains("check-ssl verify none"), "{}", o.message);
+    }
+
 }

@@ -534,52 +534,6 @@ async fn serves_expired(ctx: &RunContext, within: Duration, st: &mut CaseState) 
     })
 }
 
-/// One request through the load balancer, at `t` seconds into the window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LbSample {
-    pub at: f64,
-    pub ok: bool,
-    pub what: String,
-}
-
-/// The verdict over the samples: once the health check has dropped the backend (at most
-/// `within` seconds in), every request during the following `window` seconds succeeds.
-pub fn lb_verdict(lb: &str, backend: &str, samples: &[LbSample], within: f64, window: f64) -> CheckOutcome {
-    const N: &str = "lb_routes_around_expired_cert";
-    let failed: Vec<&LbSample> = samples.iter().filter(|s| !s.ok).collect();
-    let in_window: Vec<&&LbSample> = failed.iter().filter(|s| s.at >= within).collect();
-    let mut evidence = format!("load balancer {lb}; backend with the expired certificate {backend}\n");
-    for s in samples.iter().filter(|s| !s.ok) {
-        evidence.push_str(&format!("  {:>7.2}s FAILED {}\n", s.at, s.what));
-    }
-    evidence.push_str(&format!("{} requests, {} failed\n", samples.len(), failed.len()));
-    let after = samples.iter().filter(|s| s.at >= within).count();
-    if after == 0 {
-        return CheckOutcome::fail(N, format!("no request through {lb} was made after {within:.0}s: the window {window:.0}s is empty"))
-            .with_evidence(evidence);
-    }
-    if in_window.is_empty() {
-        let last_fail = failed.last().map(|s| format!("the last failure at {:.1}s", s.at)).unwrap_or_else(|| "no failure at all".into());
-        CheckOutcome::pass(
-            N,
-            format!("through {lb}: all {after} request(s) from {within:.0}s to {:.0}s succeeded ({last_fail}; {} failed in all)", within + window, failed.len()),
-        )
-        .with_evidence(evidence)
-    } else {
-        CheckOutcome::fail(
-            N,
-            format!(
-                "through {lb}, {} of {after} request(s) still failed after {within:.0}s (first: `{}` at {:.1}s): the load balancer keeps sending traffic to {backend}, whose certificate expired — \
-                 a TLS health check that does not verify the certificate (HAProxy `check-ssl verify none`) does not drop it",
-                in_window.len(),
-                in_window[0].what,
-                in_window[0].at
-            ),
-        )
-        .with_evidence(evidence)
-    }
-}
-
 async fn lb_routes_around(ctx: &RunContext, within: Duration, window: Duration, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     let backend = faulted_apiserver(st)?;
     let kv = kube_view(ctx, st).await?;
@@ -593,23 +547,11 @@ async fn lb_routes_around(ctx: &RunContext, within: Duration, window: Duration, 
     let lb = kv.discovery.load_balancer.url.trim_end_matches('/').to_string();
     let total = within + window;
     (ctx.progress)(&st.name, &format!("requests through {lb} for {}", humantime::format_duration(total)));
-    let t0 = Instant::now();
-    let mut samples = Vec::new();
-    // new connections each time, so the balancer picks a backend per request
-    while t0.elapsed() < total {
-        let at = t0.elapsed().as_secs_f64();
-        let s = match tls::https_get(&lb, &kv.ca_pem, None, TLS_DEADLINE, "/version").await {
-            Ok(a) if a.status.is_some_and(|c| (200..300).contains(&c)) => LbSample { at, ok: true, what: format!("HTTP {}", a.status.unwrap_or(0)) },
-            Ok(a) => LbSample { at, ok: false, what: format!("{}; HTTP {:?}", a.handshake, a.status) },
-            Err(e) => LbSample { at, ok: false, what: e.to_string() },
-        };
-        if !s.ok {
-            st.timeline.record("probe:lb", format!("{:.2}s FAILED {}", s.at, s.what));
-        }
-        samples.push(s);
-        tokio::time::sleep(Duration::from_millis(100)).await; // the sampling rate, not a wait for a state
-    }
-    Ok(lb_verdict(&lb, &backend, &samples, within.as_secs_f64(), window.as_secs_f64()))
+    let samples = crate::probe::lb::sample(&lb, &kv.ca_pem, total, |f| {
+        st.timeline.record("probe:lb", format!("{:.2}s FAILED {}", f.at, f.what))
+    })
+    .await;
+    Ok(kube_certs::lb_verdict(&lb, &backend, &samples, within.as_secs_f64(), window.as_secs_f64()))
 }
 
 #[cfg(test)]
@@ -631,36 +573,6 @@ mod tests {
         // a kubeconfig that points at one node: no load balancer entry
         let d = fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.12:6443");
         assert!(!api_addresses(&d).iter().any(|(l, _)| l.starts_with("load balancer")));
-    }
-
-    fn samples(fails_at: &[f64], until: f64) -> Vec<LbSample> {
-        let mut v = Vec::new();
-        let mut t = 0.0;
-        while t < until {
-            let ok = !fails_at.iter().any(|f| (f - t).abs() < 0.05);
-            v.push(LbSample { at: t, ok, what: if ok { "HTTP 200".into() } else { "we refused the server's certificate: it has expired".into() } });
-            t += 0.5;
-        }
-        v
-    }
-
-    #[test]
-    fn a_balancer_that_drops_the_backend_passes() {
-        let s = samples(&[0.5, 1.5, 3.0], 20.0);
-        let o = lb_verdict("https://10.0.0.10:6443", "https://10.0.0.12:6443", &s, 10.0, 10.0);
-        assert!(o.passed, "{}", o.message);
-        assert!(o.message.contains("the last failure at 3.0s"), "{}", o.message);
-    }
-
-    /// HAProxy with `check-ssl verify none` keeps the backend: one request in three keeps failing.
-    #[test]
-    fn a_balancer_that_keeps_the_backend_fails_and_says_why() {
-        let fails: Vec<f64> = (0..40).map(|i| i as f64 * 1.5).collect();
-        let s = samples(&fails, 20.0);
-        let o = lb_verdict("https://10.0.0.10:6443", "https://10.0.0.12:6443", &s, 10.0, 10.0);
-        assert!(!o.passed);
-        assert!(o.message.contains("keeps sending traffic to https://10.0.0.12:6443"), "{}", o.message);
-        assert!(o.message.contains("check-ssl verify none"), "{}", o.message);
     }
 
     #[test]
