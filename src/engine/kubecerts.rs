@@ -576,6 +576,38 @@ mod tests {
     }
 
     #[test]
+    fn where_the_cluster_ca_key_comes_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Target::default();
+        let e = ca_key_available(&t).unwrap_err();
+        assert!(e.contains("--kube-ca-key") && e.contains("node access"), "{e}");
+        // a Kubernetes target: the step reads it through node access (or skips saying why)
+        assert!(needs_kubeadm(&t).is_ok());
+        // the rig's kube PKI, kubeadm layout
+        let rig = crate::rig::RigState {
+            dir: dir.path().to_path_buf(),
+            isolation: crate::rig::Isolation::Loopback,
+            members: vec![],
+            ca_cert: dir.path().join("pki/ca.crt"),
+            client_cert: dir.path().join("pki/c.crt"),
+            client_key: dir.path().join("pki/c.key"),
+            election_timeout_ms: 1000,
+            heartbeat_interval_ms: 100,
+        };
+        t.rig = Some(rig);
+        assert!(ca_key_available(&t).is_err(), "no pki/kube/ca.key yet");
+        assert!(matches!(needs_kubeadm(&t), Err(StepEnd::Skip(m)) if m == "needs kubeadm: the rig runs none"));
+        let pki = crate::controlplane::rig_kube_pki_dir(dir.path());
+        std::fs::create_dir_all(&pki).unwrap();
+        std::fs::write(pki.join("ca.key"), "k").unwrap();
+        assert!(ca_key_available(&t).is_ok());
+        assert_eq!(ca_key_files(&t), Some((Some(pki.join("ca.crt")), pki.join("ca.key"))));
+        // --kube-ca-key wins; its ca.crt beside it is used when present
+        t.kube_ca_key = Some(dir.path().join("given/ca.key"));
+        assert_eq!(ca_key_files(&t), Some((None, dir.path().join("given/ca.key"))));
+    }
+
+    #[test]
     fn expired_outcome_is_recognised() {
         assert!(is_expired(&HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { not_after: Some(0) })));
         assert!(!is_expired(&HandshakeOutcome::RefusedServerCert(ServerCertProblem::UnknownIssuer)));
