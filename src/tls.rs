@@ -607,7 +607,7 @@ mod tests {
     fn der_round_trips_through_pem() {
         let ca = mint::Ca::generate("pem-test").unwrap();
         let der: Vec<u8> = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().unwrap().unwrap().to_vec();
-        let pem = der_to_pem(&[der.clone()]);
+        let pem = der_to_pem(std::slice::from_ref(&der));
         let back: Vec<u8> = rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap().to_vec();
         assert_eq!(back, der);
         for n in 1..5 {

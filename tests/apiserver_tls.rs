@@ -50,13 +50,28 @@ impl ClientCertVerifier for RequestClientCert {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
-    fn verify_client_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -66,7 +81,13 @@ impl ClientCertVerifier for RequestClientCert {
 
 fn cn(der: &CertificateDer<'_>) -> String {
     let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
-    let name = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok()).unwrap_or("").to_string();
+    let name = c
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("")
+        .to_string();
     name
 }
 
@@ -74,8 +95,12 @@ fn cn(der: &CertificateDer<'_>) -> String {
 /// authenticator's verification. Returns its https URL; the task ends with the test.
 async fn apiserver_double(ca: &Ca, serving: (String, String), careless: bool) -> String {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut serving.0.as_bytes()).collect::<Result<_, _>>().unwrap();
-    let key = rustls_pemfile::private_key(&mut serving.1.as_bytes()).unwrap().unwrap();
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut serving.0.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut serving.1.as_bytes())
+        .unwrap()
+        .unwrap();
     let config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -84,31 +109,65 @@ async fn apiserver_double(ca: &Ca, serving: (String, String), careless: bool) ->
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let mut roots = RootCertStore::empty();
-    roots.add(rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().unwrap().unwrap()).unwrap();
-    let authenticator = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+    roots
+        .add(
+            rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
+                .next()
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+    let authenticator = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let (acceptor, authenticator) = (acceptor.clone(), authenticator.clone());
             tokio::spawn(async move {
-                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 4096];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let version = String::from_utf8_lossy(&buf[..n]).starts_with("GET /version ");
-                let chain: Vec<CertificateDer<'static>> =
-                    s.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+                let chain: Vec<CertificateDer<'static>> = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default();
                 let (code, body) = match chain.split_first() {
                     // system:public-info-viewer lets anyone read /version
-                    None if version => (200, r#"{"major":"1","minor":"29","gitVersion":"v1.29.2"}"#.to_string()),
+                    None if version => (
+                        200,
+                        r#"{"major":"1","minor":"29","gitVersion":"v1.29.2"}"#.to_string(),
+                    ),
                     None => (403, forbidden("system:anonymous")),
                     Some((leaf, rest)) => {
-                        let ok = careless || authenticator.verify_client_cert(leaf, rest, UnixTime::now()).is_ok();
-                        if ok { (403, forbidden(&cn(leaf))) } else { (401, UNAUTHORIZED.to_string()) }
+                        let ok = careless
+                            || authenticator
+                                .verify_client_cert(leaf, rest, UnixTime::now())
+                                .is_ok();
+                        if ok {
+                            (403, forbidden(&cn(leaf)))
+                        } else {
+                            (401, UNAUTHORIZED.to_string())
+                        }
                     }
                 };
-                let reason = match code { 200 => "OK", 401 => "Unauthorized", _ => "Forbidden" };
+                let reason = match code {
+                    200 => "OK",
+                    401 => "Unauthorized",
+                    _ => "Forbidden",
+                };
                 let answer = format!(
                     "HTTP/1.1 {code} {reason}\r\nAudit-Id: 4a1c\r\nCache-Control: no-cache, private\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -123,22 +182,55 @@ async fn apiserver_double(ca: &Ca, serving: (String, String), careless: bool) ->
 
 fn serving(ca: &Ca, window: (chrono::DateTime<Utc>, chrono::DateTime<Utc>)) -> (String, String) {
     let m = ca
-        .issue(&LeafSpec { common_name: "kube-apiserver".into(), sans: vec!["127.0.0.1".into()], usage: Usage::Server, not_before: window.0, not_after: window.1 })
+        .issue(&LeafSpec {
+            common_name: "kube-apiserver".into(),
+            sans: vec!["127.0.0.1".into()],
+            usage: Usage::Server,
+            not_before: window.0,
+            not_after: window.1,
+        })
         .unwrap();
     (m.cert_pem, m.key_pem)
 }
 
 async fn present(url: &str, ca: &Ca, id: Option<&hadrill::tls::mint::Minted>) -> tls::HttpAnswer {
-    let identity = id.map(|m| Identity { cert_pem: m.cert_pem.as_bytes(), key_pem: m.key_pem.as_bytes() });
-    tls::https_get(url, ca.cert_pem().as_bytes(), identity, Duration::from_secs(5), PROBE_PATH).await.unwrap()
+    let identity = id.map(|m| Identity {
+        cert_pem: m.cert_pem.as_bytes(),
+        key_pem: m.key_pem.as_bytes(),
+    });
+    tls::https_get(
+        url,
+        ca.cert_pem().as_bytes(),
+        identity,
+        Duration::from_secs(5),
+        PROBE_PATH,
+    )
+    .await
+    .unwrap()
 }
 
 fn bad_cert(ca: &Ca, kind: ClientCertKind) -> hadrill::tls::mint::Minted {
     let now = Utc::now();
     match kind {
-        ClientCertKind::Expired => ca.issue(&LeafSpec::client("hadrill-certs-probe", Window::Expired, now)).unwrap(),
-        ClientCertKind::NotYetValid => ca.issue(&LeafSpec::client("hadrill-certs-probe", Window::NotYetValid, now)).unwrap(),
-        _ => ca.impostor().unwrap().issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now)).unwrap(),
+        ClientCertKind::Expired => ca
+            .issue(&LeafSpec::client(
+                "hadrill-certs-probe",
+                Window::Expired,
+                now,
+            ))
+            .unwrap(),
+        ClientCertKind::NotYetValid => ca
+            .issue(&LeafSpec::client(
+                "hadrill-certs-probe",
+                Window::NotYetValid,
+                now,
+            ))
+            .unwrap(),
+        _ => ca
+            .impostor()
+            .unwrap()
+            .issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now))
+            .unwrap(),
     }
 }
 
@@ -146,40 +238,94 @@ fn bad_cert(ca: &Ca, kind: ClientCertKind) -> hadrill::tls::mint::Minted {
 async fn bad_certificates_get_401_and_the_control_is_authenticated() {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
-    let url = apiserver_double(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), false).await;
-    for kind in [ClientCertKind::Expired, ClientCertKind::NotYetValid, ClientCertKind::UnknownCa] {
+    let url = apiserver_double(
+        &ca,
+        serving(&ca, (now - D::hours(1), now + D::days(365))),
+        false,
+    )
+    .await;
+    for kind in [
+        ClientCertKind::Expired,
+        ClientCertKind::NotYetValid,
+        ClientCertKind::UnknownCa,
+    ] {
         let m = bad_cert(&ca, kind);
         let a = present(&url, &ca, Some(&m)).await;
         assert_eq!(a.status, Some(401), "{kind:?}: {a:?}");
         let w = window_pem(&m.cert_pem).unwrap();
-        let (o, untested) = kube_certs::refuses_client_cert(kind, Some(&w), &[(format!("apiserver {url}"), a)]);
+        let (o, untested) =
+            kube_certs::refuses_client_cert(kind, Some(&w), &[(format!("apiserver {url}"), a)]);
         assert!(o.passed && untested.is_empty(), "{kind:?}: {}", o.message);
-        assert!(o.message.contains("HTTP 401 Unauthorized (Status reason `Unauthorized`)"), "{}", o.message);
+        assert!(
+            o.message
+                .contains("HTTP 401 Unauthorized (Status reason `Unauthorized`)"),
+            "{}",
+            o.message
+        );
     }
     let none = present(&url, &ca, None).await;
-    let (o, _) = kube_certs::refuses_client_cert(ClientCertKind::Missing, None, &[(format!("apiserver {url}"), none)]);
-    assert!(o.passed && o.message.contains("403 Forbidden as system:anonymous"), "{}", o.message);
-    let control = ca.issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now)).unwrap();
+    let (o, _) = kube_certs::refuses_client_cert(
+        ClientCertKind::Missing,
+        None,
+        &[(format!("apiserver {url}"), none)],
+    );
+    assert!(
+        o.passed && o.message.contains("403 Forbidden as system:anonymous"),
+        "{}",
+        o.message
+    );
+    let control = ca
+        .issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now))
+        .unwrap();
     let a = present(&url, &ca, Some(&control)).await;
-    let (o, _) = kube_certs::accepts_control_cert("hadrill-certs-probe", &window_pem(&control.cert_pem).unwrap(), &[(url.clone(), a)]);
+    let (o, _) = kube_certs::accepts_control_cert(
+        "hadrill-certs-probe",
+        &window_pem(&control.cert_pem).unwrap(),
+        &[(url.clone(), a)],
+    );
     assert!(o.passed, "{}", o.message);
     // the control signed by another CA (the key at hand is not the cluster's) is refused: the case fails
-    let other = Ca::generate("kubernetes").unwrap().issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now)).unwrap();
+    let other = Ca::generate("kubernetes")
+        .unwrap()
+        .issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now))
+        .unwrap();
     let a = present(&url, &ca, Some(&other)).await;
-    let (o, _) = kube_certs::accepts_control_cert("hadrill-certs-probe", &window_pem(&other.cert_pem).unwrap(), &[(url, a)]);
-    assert!(!o.passed && o.message.contains("REFUSED a valid client certificate"), "{}", o.message);
+    let (o, _) = kube_certs::accepts_control_cert(
+        "hadrill-certs-probe",
+        &window_pem(&other.cert_pem).unwrap(),
+        &[(url, a)],
+    );
+    assert!(
+        !o.passed && o.message.contains("REFUSED a valid client certificate"),
+        "{}",
+        o.message
+    );
 }
 
 #[tokio::test]
 async fn a_careless_authenticator_fails_the_refusal_cases() {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
-    let url = apiserver_double(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), true).await;
+    let url = apiserver_double(
+        &ca,
+        serving(&ca, (now - D::hours(1), now + D::days(365))),
+        true,
+    )
+    .await;
     let m = bad_cert(&ca, ClientCertKind::Expired);
     let a = present(&url, &ca, Some(&m)).await;
-    let (o, _) = kube_certs::refuses_client_cert(ClientCertKind::Expired, Some(&window_pem(&m.cert_pem).unwrap()), &[(format!("apiserver {url}"), a)]);
+    let (o, _) = kube_certs::refuses_client_cert(
+        ClientCertKind::Expired,
+        Some(&window_pem(&m.cert_pem).unwrap()),
+        &[(format!("apiserver {url}"), a)],
+    );
     assert!(!o.passed);
-    assert!(o.message.contains("ACCEPTED an expired client certificate") && o.message.contains("as user `hadrill-certs-probe`"), "{}", o.message);
+    assert!(
+        o.message.contains("ACCEPTED an expired client certificate")
+            && o.message.contains("as user `hadrill-certs-probe`"),
+        "{}",
+        o.message
+    );
 }
 
 /// The lab's detection path: an apiserver serving an expired certificate is reported as such
@@ -189,13 +335,33 @@ async fn an_expired_serving_certificate_is_named() {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
     let url = apiserver_double(&ca, serving(&ca, Window::Expired.bounds(now)), false).await;
-    let o = tls::handshake(&url, ca.cert_pem().as_bytes(), None, Duration::from_secs(5)).await.unwrap();
-    assert!(matches!(o, HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { .. })), "{o:?}");
+    let o = tls::handshake(&url, ca.cert_pem().as_bytes(), None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            o,
+            HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { .. })
+        ),
+        "{o:?}"
+    );
     assert!(o.to_string().contains("it has expired"), "{o}");
-    let chain = tls::peer_chain(&url, Some(ca.cert_pem().as_bytes()), Duration::from_secs(5)).await.unwrap();
+    let chain = tls::peer_chain(&url, Some(ca.cert_pem().as_bytes()), Duration::from_secs(5))
+        .await
+        .unwrap();
     let w = hadrill::check::certs::window(&chain.certs[0]).unwrap();
-    let (v, _) = hadrill::check::certs::serving_windows("x", "y", &[(format!("apiserver {url}"), Ok(w))], now, 30);
-    assert!(!v.passed && v.message.contains("serving certificate EXPIRED"), "{}", v.message);
+    let (v, _) = hadrill::check::certs::serving_windows(
+        "x",
+        "y",
+        &[(format!("apiserver {url}"), Ok(w))],
+        now,
+        30,
+    );
+    assert!(
+        !v.passed && v.message.contains("serving certificate EXPIRED"),
+        "{}",
+        v.message
+    );
 }
 
 /// A real HAProxy in TCP mode in front of two apiserver doubles, one of which serves an
@@ -214,12 +380,20 @@ impl Drop for Haproxy {
 }
 
 fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
-    if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+    if std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
         eprintln!("haproxy not installed (ci/install-deps.sh): skipping");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let servers: String = backends
         .iter()
         .enumerate()
@@ -232,8 +406,17 @@ fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
     );
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
-    let check = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
-    assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+    let check = std::process::Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let child = std::process::Command::new("haproxy")
         .arg("-db")
         .arg("-f")
@@ -242,10 +425,17 @@ fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let h = Haproxy { child, _dir: dir, url: format!("https://127.0.0.1:{port}") };
+    let h = Haproxy {
+        child,
+        _dir: dir,
+        url: format!("https://127.0.0.1:{port}"),
+    };
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "haproxy did not listen within 10s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "haproxy did not listen within 10s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Some(h)
@@ -254,12 +444,26 @@ fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
 async fn through_haproxy(server_check: &str) -> Option<hadrill::check::CheckOutcome> {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
-    let good = apiserver_double(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), false).await;
+    let good = apiserver_double(
+        &ca,
+        serving(&ca, (now - D::hours(1), now + D::days(365))),
+        false,
+    )
+    .await;
     let expired = apiserver_double(&ca, serving(&ca, Window::Expired.bounds(now)), false).await;
     let ca_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca_file.path(), ca.cert_pem()).unwrap();
-    let h = haproxy(&[&good, &expired], &server_check.replace("CA_FILE", &ca_file.path().display().to_string()))?;
-    let samples = hadrill::probe::lb::sample(&h.url, ca.cert_pem().as_bytes(), Duration::from_secs(5), |_| {}).await;
+    let h = haproxy(
+        &[&good, &expired],
+        &server_check.replace("CA_FILE", &ca_file.path().display().to_string()),
+    )?;
+    let samples = hadrill::probe::lb::sample(
+        &h.url,
+        ca.cert_pem().as_bytes(),
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
     Some(kube_certs::lb_verdict(&h.url, &expired, &samples, 2.0, 3.0))
 }
 
@@ -267,7 +471,9 @@ async fn through_haproxy(server_check: &str) -> Option<hadrill::check::CheckOutc
 /// requests keep failing, and the case says so.
 #[tokio::test]
 async fn haproxy_with_an_unverified_tls_check_keeps_the_expired_backend_and_fails() {
-    let Some(o) = through_haproxy("verify none").await else { return };
+    let Some(o) = through_haproxy("verify none").await else {
+        return;
+    };
     assert!(!o.passed, "{}\n{}", o.message, o.evidence);
     assert!(o.message.contains("check-ssl verify none"), "{}", o.message);
     assert!(o.evidence.contains("it has expired"), "{}", o.evidence);
@@ -277,6 +483,8 @@ async fn haproxy_with_an_unverified_tls_check_keeps_the_expired_backend_and_fail
 /// the balancer succeed from then on.
 #[tokio::test]
 async fn haproxy_with_a_verifying_tls_check_drops_the_expired_backend_and_passes() {
-    let Some(o) = through_haproxy("verify required ca-file CA_FILE").await else { return };
+    let Some(o) = through_haproxy("verify required ca-file CA_FILE").await else {
+        return;
+    };
     assert!(o.passed, "{}\n{}", o.message, o.evidence);
 }
