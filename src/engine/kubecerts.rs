@@ -685,6 +685,12 @@ pub async fn inject_expired_cert(
             )
         }
     };
+    if matches!(access, NodeAccess::Pod { .. }) {
+        // its revert must work from the ledger alone, without a Kubernetes client (recover)
+        return Err(StepEnd::Skip(format!(
+            "the expired-certificate lab needs docker or ssh node access to {node} (pod access needs the API, and the revert must work without it)"
+        )));
+    }
     let ca = load_ca(ctx, &kv, st).await?;
     let original = cat(
         &access,
