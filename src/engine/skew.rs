@@ -269,6 +269,13 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
             }
         }
     }
+    for c in ["kube-controller-manager", "kube-scheduler"] {
+        if !versions.iter().any(|v| v.component == c) {
+            notes.push(format!(
+                "no {c} version found (no static pod with a version tag, no rig instance): not checked"
+            ));
+        }
+    }
     if nodes.is_empty() {
         notes.push("no Node objects (the rig runs no kubelet): the kubelet and kube-proxy rules were not checked".into());
     }
