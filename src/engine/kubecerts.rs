@@ -252,6 +252,9 @@ pub async fn check(
         CheckSpec::ApiserverServesExpiredCert { within } => {
             return serves_expired(ctx, *within, st).await
         }
+        CheckSpec::ApiserverServesValidCert { within } => {
+            return serves_valid(ctx, *within, st).await
+        }
         CheckSpec::LbRoutesAroundExpiredCert { within, window } => {
             return lb_routes_around(ctx, *within, *window, st).await
         }
@@ -794,6 +797,51 @@ async fn serves_expired(
             N,
             format!(
                 "{url} still served a certificate we accept {} after its file was replaced by an expired one (last: {}): the apiserver did not reload its serving certificate",
+                humantime::format_duration(within),
+                last.map(|o| o.to_string()).unwrap_or_else(|| "no answer".into())
+            ),
+        ),
+    })
+}
+
+async fn serves_valid(
+    ctx: &RunContext,
+    within: Duration,
+    st: &mut CaseState,
+) -> Result<CheckOutcome, StepEnd> {
+    const N: &str = "apiserver_serves_valid_cert";
+    let url = faulted_apiserver(st)?;
+    let kv = kube_view(ctx, st).await?;
+    (ctx.progress)(
+        &st.name,
+        &format!("waiting up to {} for {url} to serve its restored certificate", humantime::format_duration(within)),
+    );
+    let t0 = Instant::now();
+    let ca = kv.ca_pem.clone();
+    let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = {
+        let (last, url) = (last.clone(), url.clone());
+        super::poll(within, Duration::from_millis(500), move || {
+            let (last, ca, url) = (last.clone(), ca.clone(), url.clone());
+            async move {
+                let o = tls::handshake(&url, &ca, None, TLS_DEADLINE).await.ok()?;
+                let ok = o.is_accepted();
+                *last.lock().ok()? = Some(o);
+                ok.then_some(())
+            }
+        })
+        .await
+    };
+    let last = last.lock().ok().and_then(|l| l.clone());
+    Ok(match seen {
+        Some(()) => CheckOutcome::pass(
+            N,
+            format!("{url} serves a certificate that verifies again, {:.1}s after the restore", t0.elapsed().as_secs_f64()),
+        ),
+        None => CheckOutcome::fail(
+            N,
+            format!(
+                "{url} did not serve a valid certificate within {} of the restore (last: {}): check apiserver.crt on its node",
                 humantime::format_duration(within),
                 last.map(|o| o.to_string()).unwrap_or_else(|| "no answer".into())
             ),

@@ -102,7 +102,8 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         | CheckSpec::KubeServingCertsValidFor { .. }
         | CheckSpec::KubeadmCertsValidFor { .. }
         | CheckSpec::ApiserverServesExpiredCert { .. }
-        | CheckSpec::LbRoutesAroundExpiredCert { .. }) => super::kubecerts::check(ctx, k, st).await?,
+        | CheckSpec::LbRoutesAroundExpiredCert { .. }
+        | CheckSpec::ApiserverServesValidCert { .. }) => super::kubecerts::check(ctx, k, st).await?,
         k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingAMinor) => super::skew::check(ctx, k, st).await?,
         other => match super::quorum::check(ctx, other, st).await {
             Some(r) => r?,

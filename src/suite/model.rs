@@ -401,6 +401,13 @@ pub enum CheckSpec {
         #[serde(with = "humantime_serde")]
         window: Duration,
     },
+    /// After the heal of `apiserver_cert_expired`: that apiserver serves a certificate that
+    /// verifies again within `within` (it reloads the restored file), so later cases find it
+    /// as it was.
+    ApiserverServesValidCert {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
 }
 
 /// How a `harness_selftest` check ends its case.
