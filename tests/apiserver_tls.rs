@@ -197,83 +197,6 @@ async fn an_expired_serving_certificate_is_named() {
     );
 }
 
-/// A real HAProxy in TCP mode in front of two apiserver doubles, one of which serves an
-/// expired certificate; killed on drop (also when the test panics).
-struct Haproxy {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
-    if std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
-        eprintln!("haproxy not installed (ci/install-deps.sh): skipping");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let servers: String = backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("  server api{i} {}\n", b.trim_start_matches("https://")))
-        .collect();
-    let cfg = format!(
-        "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
-         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
-         backend be\n  balance roundrobin\n  default-server inter 300ms fall 2 rise 2 check check-ssl {server_check}\n{servers}"
-    );
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let check = std::process::Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "haproxy -c: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let child = std::process::Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let h = Haproxy {
-        child,
-        _dir: dir,
-        url: format!("https://127.0.0.1:{port}"),
-    };
-    let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "haproxy did not listen within 10s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(h)
-}
-
 async fn through_haproxy(server_check: &str) -> Option<hadrill::check::CheckOutcome> {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
@@ -286,7 +209,7 @@ async fn through_haproxy(server_check: &str) -> Option<hadrill::check::CheckOutc
     let expired = apiserver_double(&ca, serving(&ca, Window::Expired.bounds(now)), false).await;
     let ca_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca_file.path(), ca.cert_pem()).unwrap();
-    let h = haproxy(
+    let h = apiserver_support::haproxy(
         &[&good, &expired],
         &server_check.replace("CA_FILE", &ca_file.path().display().to_string()),
     )?;

@@ -35,7 +35,10 @@ pub async fn sample(
             Ok(a) => LbSample {
                 at,
                 ok: false,
-                what: format!("{}; HTTP {:?}", a.handshake, a.status),
+                what: match a.status {
+                    Some(c) => format!("HTTP {c}: {}", a.body.chars().take(120).collect::<String>()),
+                    None => a.handshake.to_string(),
+                },
             },
             Err(e) => LbSample {
                 at,
