@@ -25,6 +25,9 @@ pub struct Config {
     /// How faults reach the nodes of a Kubernetes target (docker, ssh, pod; kind detected).
     #[serde(default)]
     pub node_access: Option<crate::node::select::NodeAccessConfig>,
+    /// The cluster CA's key file (the `certs` suite signs test client certificates with it).
+    #[serde(default)]
+    pub kube_ca_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -81,6 +84,7 @@ impl Config {
         }
         c.kubeconfig.as_mut().map(fix);
         c.rig.as_mut().map(fix);
+        c.kube_ca_key.as_mut().map(fix);
         c.suite_dirs.iter_mut().for_each(fix);
         if let Some(key) = c.node_access.as_mut().and_then(|n| n.ssh.as_mut()).and_then(|s| s.key.as_mut()) {
             fix(key);

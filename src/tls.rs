@@ -183,6 +183,67 @@ pub async fn handshake(
     identity: Option<Identity<'_>>,
     deadline: Duration,
 ) -> Result<HandshakeOutcome, TlsError> {
+    exchange(endpoint, ca_pem, identity, deadline, "/version", false).await.map(|(o, _)| o)
+}
+
+/// What one HTTPS request over a direct TLS connection gave: how the handshake went, and
+/// when the server answered, its status code and (the first 64 KiB of) its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub handshake: HandshakeOutcome,
+    /// The HTTP status code, when an answer came.
+    pub status: Option<u16>,
+    pub body: String,
+}
+
+/// Like [`handshake`], but sends `GET path` and reads the whole answer (the server closes
+/// the connection after it: `Connection: close`), at most 64 KiB, within `deadline`.
+pub async fn https_get(
+    endpoint: &str,
+    ca_pem: &[u8],
+    identity: Option<Identity<'_>>,
+    deadline: Duration,
+    path: &str,
+) -> Result<HttpAnswer, TlsError> {
+    let (handshake, raw) = exchange(endpoint, ca_pem, identity, deadline, path, true).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (status, body) = split_http(&text);
+    Ok(HttpAnswer { handshake, status, body })
+}
+
+/// The status code and the body of a raw HTTP/1.1 answer (chunked bodies are joined).
+pub fn split_http(raw: &str) -> (Option<u16>, String) {
+    let status = raw.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok());
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else { return (status, String::new()) };
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return (status, body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            out.push_str(&after[..after.len().min(n)]);
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    (status, out)
+}
+
+async fn exchange(
+    endpoint: &str,
+    ca_pem: &[u8],
+    identity: Option<Identity<'_>>,
+    deadline: Duration,
+    path: &str,
+    read_all: bool,
+) -> Result<(HandshakeOutcome, Vec<u8>), TlsError> {
     let (host, authority) = split_endpoint(endpoint)?;
     let provider = provider();
     let verifier = webpki_verifier(&provider, ca_pem)?;
@@ -196,38 +257,80 @@ pub async fn handshake(
     let name = ServerName::try_from(host.clone()).map_err(|_| TlsError::Endpoint(endpoint.into()))?;
 
     let tcp = match tokio::time::timeout(deadline, TcpStream::connect(&authority)).await {
-        Err(_) => return Ok(HandshakeOutcome::Timeout { phase: "TCP connect", after: deadline }),
-        Ok(Err(e)) => return Ok(HandshakeOutcome::Connect(e.to_string())),
+        Err(_) => return Ok((HandshakeOutcome::Timeout { phase: "TCP connect", after: deadline }, vec![])),
+        Ok(Err(e)) => return Ok((HandshakeOutcome::Connect(e.to_string()), vec![])),
         Ok(Ok(s)) => s,
     };
     let connector = TlsConnector::from(Arc::new(config));
     let mut tls = match tokio::time::timeout(deadline, connector.connect(name, tcp)).await {
-        Err(_) => return Ok(HandshakeOutcome::Timeout { phase: "TLS handshake", after: deadline }),
-        Ok(Err(e)) => return Ok(classify(&e, resolver.client_cert())),
+        Err(_) => return Ok((HandshakeOutcome::Timeout { phase: "TLS handshake", after: deadline }, vec![])),
+        Ok(Err(e)) => return Ok((classify(&e, resolver.client_cert()), vec![])),
         Ok(Ok(s)) => s,
     };
-    let request =
-        format!("GET /version HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: hadrill\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: hadrill\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
     let mut buf = vec![0u8; 256];
-    let exchange = async {
+    let first = async {
         tls.write_all(request.as_bytes()).await?;
         tls.flush().await?;
         tls.read(&mut buf).await
     };
-    let outcome = match tokio::time::timeout(deadline, exchange).await {
+    let mut raw = Vec::new();
+    let outcome = match tokio::time::timeout(deadline, first).await {
         // a server that neither answers nor refuses within the deadline did accept the
         // handshake: a refusal is sent as soon as it has checked our certificate
         Err(_) => HandshakeOutcome::Accepted { answer: None, client_cert: resolver.client_cert() },
         Ok(Err(e)) => classify(&e, resolver.client_cert()),
         Ok(Ok(0)) => HandshakeOutcome::Failed("the server closed the connection without an answer or an alert".into()),
         Ok(Ok(n)) => {
+            raw.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&buf[..n]);
             let first = text.lines().next().unwrap_or("").trim().chars().take(80).collect::<String>();
             HandshakeOutcome::Accepted { answer: Some(first), client_cert: resolver.client_cert() }
         }
     };
+    if read_all && !raw.is_empty() {
+        const CAP: usize = 64 * 1024;
+        let rest = async {
+            let mut chunk = vec![0u8; 8192];
+            while raw.len() < CAP {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(deadline, rest).await;
+    }
     let _ = tokio::time::timeout(Duration::from_millis(200), tls.shutdown()).await;
-    Ok(outcome)
+    Ok((outcome, raw))
+}
+
+/// PEM text of DER certificates (a kubeconfig's CA, as kube's config holds it).
+pub fn der_to_pem(ders: &[Vec<u8>]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for der in ders {
+        let mut b64 = String::new();
+        for c in der.chunks(3) {
+            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= c.len() {
+                    b64.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or(""));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 /// Connects to `endpoint` with the target's TLS material and completes a handshake (plus one
@@ -498,6 +601,28 @@ mod tests {
         assert!(split_endpoint("http://10.0.0.1:2379").is_err());
         assert!(split_endpoint("https://10.0.0.1").is_err());
         assert!(split_endpoint("https://:2379").is_err());
+    }
+
+    #[test]
+    fn der_round_trips_through_pem() {
+        let ca = mint::Ca::generate("pem-test").unwrap();
+        let der: Vec<u8> = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().unwrap().unwrap().to_vec();
+        let pem = der_to_pem(std::slice::from_ref(&der));
+        let back: Vec<u8> = rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap().to_vec();
+        assert_eq!(back, der);
+        for n in 1..5 {
+            let pem = der_to_pem(&[der[..der.len() - n].to_vec()]);
+            assert!(pem.contains("-----END CERTIFICATE-----"));
+        }
+    }
+
+    #[test]
+    fn http_answers_split_into_status_and_body() {
+        let raw = "HTTP/1.1 401 Unauthorized\r\nAudit-Id: 1\r\nContent-Type: application/json\r\nContent-Length: 129\r\n\r\n{\"kind\":\"Status\",\"code\":401}";
+        assert_eq!(split_http(raw), (Some(401), "{\"kind\":\"Status\",\"code\":401}".to_string()));
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        assert_eq!(split_http(chunked), (Some(200), "hello world".to_string()));
+        assert_eq!(split_http("garbage"), (None, String::new()));
     }
 
     #[test]

@@ -176,3 +176,20 @@ async fn skipped_with_the_reason_without_a_ca_key() {
         other => panic!("expected skipped, got {other:?}"),
     }
 }
+
+/// `etcd_serving_cert_valid_for { peers: true }` reads the peer port too (its URL from the
+/// member list), and names it when its certificate is short-lived.
+#[tokio::test]
+async fn the_peer_port_certificate_is_read_and_named() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let e = TestEtcd::start(EtcdOpts { peer_tls: true, serving_days: 10, ..Default::default() });
+    let ledger = tempfile::tempdir().unwrap();
+    let ctx = context(&e, Some(e.dir.path()), ledger.path());
+    let v = run(&ctx, "etcd_serving_cert_valid_30_days").await;
+    let m = failed(&v);
+    assert!(m.contains(&format!("etcd peer {} serving certificate expires in 9 days", e.peer_url)), "{m}\n{}", e.log());
+    assert!(m.contains(&format!("etcd {} serving certificate expires in 9 days", e.endpoint)), "{m}");
+    let long = TestEtcd::start(EtcdOpts { peer_tls: true, ..Default::default() });
+    let ctx = context(&long, Some(long.dir.path()), ledger.path());
+    assert_eq!(run(&ctx, "etcd_serving_cert_valid_30_days").await, Verdict::Passed, "{}", long.log());
+}

@@ -123,32 +123,53 @@ pub fn serving_certs(
     now: DateTime<Utc>,
     min_days: i64,
 ) -> (CheckOutcome, Vec<String>) {
-    const N: &str = "etcd_serving_cert_valid_for";
+    let labelled: Vec<(String, Result<CertWindow, String>)> =
+        read.iter().map(|(ep, r)| (format!("etcd {ep}"), r.clone())).collect();
+    serving_windows("etcd_serving_cert_valid_for", "etcd_serving_cert_days_left", &labelled, now, min_days)
+}
+
+/// Every serving certificate in `read` is valid for at least `min_days`. Each entry is labelled
+/// with what serves it and where (`apiserver https://10.0.0.11:6443 (cp-1)`, `kubelet
+/// https://10.0.0.11:10250 (cp-1)`, `etcd peer https://10.0.0.11:2380`); a failure names the
+/// label, notAfter, the days left and the bound. Returns the verdict over what was read and
+/// the entries that could not be read.
+pub fn serving_windows(
+    name: &str,
+    measurement: &str,
+    read: &[(String, Result<CertWindow, String>)],
+    now: DateTime<Utc>,
+    min_days: i64,
+) -> (CheckOutcome, Vec<String>) {
     let mut bad = Vec::new();
     let mut unreadable = Vec::new();
     let mut evidence = format!("threshold: valid for at least {min_days} days from {}\n", stamp(now));
-    let mut least: Option<i64> = None;
-    for (ep, r) in read {
+    let mut least: Option<(i64, String)> = None;
+    for (label, r) in read {
         match r {
             Err(e) => {
-                evidence.push_str(&format!("  {ep}: could not read the certificate: {e}\n"));
-                unreadable.push(format!("{ep}: {e}"));
+                evidence.push_str(&format!("  {label}: could not read the certificate: {e}\n"));
+                unreadable.push(format!("{label}: {e}"));
             }
             Ok(w) => {
                 let v = verdict(w, now, min_days);
-                evidence.push_str(&format!("  {ep}: {} ({v:?})\n", describe_window(w)));
-                least = Some(least.map_or(days_left(w, now), |l| l.min(days_left(w, now))));
+                let left = days_left(w, now);
+                evidence.push_str(&format!("  {label}: {} ({left} days left; {v:?})\n", describe_window(w)));
+                if least.as_ref().is_none_or(|(l, _)| left < *l) {
+                    least = Some((left, label.clone()));
+                }
                 match v {
                     Validity::Valid { .. } => {}
                     Validity::ExpiresSoon { days_left, .. } => bad.push(format!(
-                        "etcd {ep} serving certificate expires in {days_left} days (notAfter {}), less than {min_days}",
+                        "{label} serving certificate expires in {days_left} days (notAfter {}), less than {min_days}",
                         day(w.not_after)
                     )),
-                    Validity::Expired { since } => {
-                        bad.push(format!("etcd {ep} serving certificate EXPIRED (notAfter {})", day(since)))
-                    }
+                    Validity::Expired { since } => bad.push(format!(
+                        "{label} serving certificate EXPIRED (notAfter {}, {} days ago)",
+                        day(since),
+                        -left
+                    )),
                     Validity::NotYetValid { from } => bad.push(format!(
-                        "etcd {ep} serving certificate is not valid yet (notBefore {}; clock skew?)",
+                        "{label} serving certificate is not valid yet (notBefore {}; clock skew?)",
                         stamp(from)
                     )),
                 }
@@ -157,20 +178,19 @@ pub fn serving_certs(
     }
     let read_ok = read.len() - unreadable.len();
     let mut out = if !bad.is_empty() {
-        CheckOutcome::fail(N, bad.join("; "))
+        CheckOutcome::fail(name, bad.join("; "))
     } else {
         CheckOutcome::pass(
-            N,
+            name,
             format!(
-                "{read_ok} etcd serving certificate(s) valid for at least {min_days} days (the soonest expires in {} days)",
-                least.unwrap_or(0)
+                "{read_ok} serving certificate(s) valid for at least {min_days} days (the soonest: {} in {} days)",
+                least.as_ref().map(|(_, l)| l.as_str()).unwrap_or("none"),
+                least.as_ref().map(|(d, _)| *d).unwrap_or(0)
             ),
         )
     };
-    if let Some(l) = least {
-        out = out.with_measurement(
-            Measurement::new("etcd_serving_cert_days_left", l as f64, "days").with_min(min_days as f64),
-        );
+    if let Some((l, _)) = least {
+        out = out.with_measurement(Measurement::new(measurement, l as f64, "days").with_min(min_days as f64));
     }
     (out.with_evidence(evidence), unreadable)
 }

@@ -5,7 +5,9 @@ pub mod certs;
 pub mod dr;
 pub mod quorum;
 pub mod skew;
+pub mod kube_certs;
 pub mod kube_topology;
+pub mod kubeadm;
 pub mod topology;
 
 use crate::report::Measurement;

@@ -45,6 +45,10 @@ pub struct Global {
     /// Client key for etcd.
     #[arg(long, global = true, value_name = "FILE")]
     pub etcd_key: Option<PathBuf>,
+    /// The cluster CA's key (kubeadm: /etc/kubernetes/pki/ca.key), for the `certs` suite's
+    /// test client certificates; kept in memory, never written.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kube_ca_key: Option<PathBuf>,
     /// YAML config file: target and safety settings (flags win over it).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,

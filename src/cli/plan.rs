@@ -143,6 +143,10 @@ pub fn describe(f: &FaultSpec) -> String {
             instance_pick(*pick),
             dead_man.as_secs()
         ),
+        FaultSpec::ApiserverCertExpired { pick } => format!(
+            "replace the serving certificate (apiserver.crt) of {} kube-apiserver by an expired copy signed by the cluster CA",
+            instance_pick(*pick)
+        ),
     }
 }
 
@@ -175,6 +179,9 @@ pub fn revert(f: &FaultSpec) -> String {
         }
         FaultSpec::NodeEtcdPartition { .. } => {
             "delete the rules on the node (or the dead-man timer on the node does, even if the API is down)".into()
+        }
+        FaultSpec::ApiserverCertExpired { .. } => {
+            "copy the backed-up apiserver.crt back over it, byte for byte (the apiserver reloads it)".into()
         }
     }
 }

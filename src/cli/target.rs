@@ -20,6 +20,7 @@ pub struct Resolved {
     pub etcd_cert: Option<PathBuf>,
     pub etcd_key: Option<PathBuf>,
     pub rig_dir: Option<PathBuf>,
+    pub kube_ca_key: Option<PathBuf>,
 }
 
 pub fn resolve(g: &Global) -> Result<Resolved, Fatal> {
@@ -37,6 +38,7 @@ pub fn resolve(g: &Global) -> Result<Resolved, Fatal> {
         etcd_cert: g.etcd_cert.clone().or(ce.cert.clone()),
         etcd_key: g.etcd_key.clone().or(ce.key.clone()),
         rig_dir: config.rig.clone(),
+        kube_ca_key: g.kube_ca_key.clone().or_else(|| config.kube_ca_key.clone()),
         config,
     })
 }
@@ -116,6 +118,7 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
     }
     t.rig = rig;
     t.node_access = r.config.node_access.clone();
+    t.kube_ca_key = r.kube_ca_key.clone();
     if t.etcd.is_none() && t.kube.is_none() {
         return Err(Fatal::usage(
             "no target: give --etcd-endpoints (with --etcd-cacert/--etcd-cert/--etcd-key), --kubeconfig, --config FILE, or --rig",

@@ -68,7 +68,7 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Re
     let (outcome, untested) = match spec {
         CheckSpec::EtcdRefusesClientCert { kind } => refuses(ctx, *kind, st).await?,
         CheckSpec::EtcdAcceptsControlCert => control(ctx, st).await?,
-        CheckSpec::EtcdServingCertValidFor { min_days } => serving(ctx, *min_days, st).await?,
+        CheckSpec::EtcdServingCertValidFor { min_days, peers } => serving(ctx, *min_days, *peers, st).await?,
         other => return Err(StepEnd::Error(format!("not a certs check: {other:?}"))),
     };
     if outcome.passed && !untested.is_empty() {
@@ -182,7 +182,12 @@ async fn status_with(etcd: &EtcdTarget, endpoint: &str) -> Result<String, String
     }
 }
 
-async fn serving(ctx: &RunContext, min_days: i64, st: &mut CaseState) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
+async fn serving(
+    ctx: &RunContext,
+    min_days: i64,
+    peers: bool,
+    st: &mut CaseState,
+) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
     let (etcd, material) = tls_etcd(ctx)?;
     (ctx.progress)(&st.name, &format!("reading the serving certificates of {} etcd endpoint(s)", etcd.endpoints.len()));
     let d = deadline(etcd);
@@ -199,7 +204,11 @@ async fn serving(ctx: &RunContext, min_days: i64, st: &mut CaseState) -> Result<
             }
             Err(err) => Err(err.to_string()),
         };
-        read.push((e.clone(), r));
+        read.push((format!("etcd {e}"), r));
     }
-    Ok(verdicts::serving_certs(&read, Utc::now(), min_days))
+    if peers {
+        (ctx.progress)(&st.name, "reading the serving certificates of the etcd peer ports");
+        read.extend(super::kubecerts::etcd_peer_windows(ctx, &material.ca_pem, st).await?);
+    }
+    Ok(verdicts::serving_windows("etcd_serving_cert_valid_for", "etcd_serving_cert_days_left", &read, Utc::now(), min_days))
 }

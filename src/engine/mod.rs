@@ -7,6 +7,8 @@ pub mod dr;
 mod quorum;
 pub mod selftest;
 mod kube;
+mod kubecerts;
+mod skew;
 mod steps;
 
 use std::panic::AssertUnwindSafe;
@@ -237,6 +239,7 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
                 }
             }
             Requirement::EtcdCaKey => certs::ca_key_available(t)?,
+            Requirement::KubeCaKey => kubecerts::ca_key_available(t)?,
         }
     }
     Ok(())

@@ -98,6 +98,14 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         CheckSpec::EtcdSnapshotRestores { within } => super::dr::check(ctx, *within, st).await?,
         CheckSpec::EtcdRefusesClientCert { .. } | CheckSpec::EtcdAcceptsControlCert | CheckSpec::EtcdServingCertValidFor { .. } => super::certs::check(ctx, spec, st).await?,
         k @ (CheckSpec::KubeControlPlaneCount { .. } | CheckSpec::KubeServerIsLoadBalancer | CheckSpec::KubeLeasesRenewed) => super::kube::check(ctx, k, st).await?,
+        k @ (CheckSpec::ApiserverRefusesClientCert { .. }
+        | CheckSpec::ApiserverAcceptsControlCert
+        | CheckSpec::KubeServingCertsValidFor { .. }
+        | CheckSpec::KubeadmCertsValidFor { .. }
+        | CheckSpec::ApiserverServesExpiredCert { .. }
+        | CheckSpec::LbRoutesAroundExpiredCert { .. }
+        | CheckSpec::ApiserverServesValidCert { .. }) => super::kubecerts::check(ctx, k, st).await?,
+        k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingAMinor) => super::skew::check(ctx, k, st).await?,
         other => match super::quorum::check(ctx, other, st).await {
             Some(r) => r?,
             None => {
@@ -158,6 +166,9 @@ pub async fn pick_members(
 }
 
 async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Result<(), StepEnd> {
+    if let FaultSpec::ApiserverCertExpired { pick } = spec {
+        return super::kubecerts::inject_expired_cert(ctx, *pick, st).await;
+    }
     let Some(rig) = ctx.target.rig.clone() else {
         return Err(StepEnd::Skip("faults need node access to the members (the local rig)".into()));
     };

@@ -42,6 +42,18 @@ pub enum Fault {
     /// cluster's etcd, and the scratch member restored from it); revert stops that member and
     /// removes the directory.
     DrScratch { dir: PathBuf },
+    /// Lab: `pki_dir/apiserver.crt` on `node` backed up into `backup_dir` (on the node) and
+    /// replaced by `expired_cert_pem` (same names and key, expired); revert restores the
+    /// backup byte for byte. Logic in [`super::cert`].
+    ApiserverCertSwap {
+        node: String,
+        access: crate::node::NodeAccess,
+        pki_dir: PathBuf,
+        backup_dir: PathBuf,
+        expired_cert_pem: String,
+        /// notAfter of the expired copy (unix seconds).
+        not_after: i64,
+    },
 }
 
 fn signal_name(s: StopSignal) -> &'static str {
@@ -82,6 +94,12 @@ impl Fault {
                 rig_dir.display(),
                 signal_name(*signal)
             ),
+            Fault::ApiserverCertSwap { node, access, pki_dir, not_after, .. } => format!(
+                "replace {}/apiserver.crt on {node} ({}) by an expired copy (notAfter {})",
+                pki_dir.display(),
+                access.describe(),
+                chrono::DateTime::from_timestamp(*not_after, 0).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
+            ),
         }
     }
 
@@ -99,6 +117,9 @@ impl Fault {
             }
             Fault::RigProcessStop { name, .. } => format!("restart {name} with its command line, namespace and data"),
             Fault::DrScratch { dir } => format!("stop the scratch etcd in {}, remove the directory", dir.display()),
+            Fault::ApiserverCertSwap { backup_dir, .. } => {
+                format!("copy {}/apiserver.crt back over it (byte for byte), remove that directory", backup_dir.display())
+            }
         }
     }
 
@@ -137,6 +158,9 @@ impl Fault {
             Fault::PeerLatency { token, member, dev, peer_ports, delay_ms, dead_man_secs } => {
                 net::apply_latency(member, dev, peer_ports, *delay_ms, token, *dead_man_secs).await.map_err(fail)
             }
+            Fault::ApiserverCertSwap { access, pki_dir, backup_dir, expired_cert_pem, .. } => {
+                super::cert::apply(access, pki_dir, backup_dir, expired_cert_pem).await.map_err(fail)
+            }
         }
     }
 
@@ -162,6 +186,9 @@ impl Fault {
                 crate::rig::restart_process(rig_dir, name).await.map_err(|e| fail(crate::exit::chain(&e)))
             }
             Fault::DrScratch { dir } => crate::engine::dr::remove_scratch(dir).await.map_err(fail),
+            Fault::ApiserverCertSwap { access, pki_dir, backup_dir, .. } => {
+                super::cert::revert(access, pki_dir, backup_dir).await.map_err(fail)
+            }
         }
     }
 }

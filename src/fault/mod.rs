@@ -6,6 +6,7 @@
 //! nothing but itself, so `hadrill recover` can revert what a killed run left.
 
 mod active;
+mod cert;
 mod kinds;
 pub mod ledger;
 pub mod net;

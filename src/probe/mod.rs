@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod history;
+pub mod lb;
 pub mod quorum;
 mod timeline;
 

@@ -52,6 +52,10 @@ pub enum Requirement {
     /// The key of the CA that etcd trusts for clients is at hand (the rig's `ca.key`), so
     /// client certificates can be minted for the `certs` suite.
     EtcdCaKey,
+    /// The key of the cluster CA (the one the apiservers trust for clients) can be had: from
+    /// `kube_ca_key` in the config, the rig's kube PKI, or a control-plane node through node
+    /// access (read into memory, never written here).
+    KubeCaKey,
 }
 
 /// A step of a case, run in order. Faults injected by earlier steps stay until a `heal` step
@@ -150,6 +154,13 @@ pub enum FaultSpec {
         pick: InstancePick,
         #[serde(default = "default_dead_man", with = "humantime_serde")]
         dead_man: Duration,
+    },
+    /// Lab: the serving certificate of one apiserver (`apiserver.crt` on its node) is replaced
+    /// by an expired copy (same names, same key) signed by the cluster CA; the original is
+    /// backed up on the node and put back byte for byte on revert.
+    ApiserverCertExpired {
+        #[serde(default)]
+        pick: InstancePick,
     },
 }
 
@@ -334,6 +345,9 @@ pub enum CheckSpec {
     EtcdServingCertValidFor {
         #[serde(default = "default_min_days")]
         min_days: i64,
+        /// Also read each member's peer port (its peer URL from the member list).
+        #[serde(default)]
+        peers: bool,
     },
     /// The Kubernetes control-plane node count is at least `min`, and odd when `odd` is set.
     KubeControlPlaneCount {
@@ -351,6 +365,54 @@ pub enum CheckSpec {
     /// member on this machine: the first marker is there, the second is not.
     EtcdSnapshotRestores {
         #[serde(default = "default_snapshot_within", with = "humantime_serde")]
+        within: Duration,
+    },
+    /// Every apiserver (each address and the load balancer) refuses a client certificate of
+    /// this kind signed for the occasion (or a request without one), naming how: a TLS alert
+    /// or `401 Unauthorized`.
+    ApiserverRefusesClientCert { kind: ClientCertKind },
+    /// Every apiserver (and the load balancer) authenticates a valid client certificate signed
+    /// by the cluster CA as its own user (the control for the refusals).
+    ApiserverAcceptsControlCert,
+    /// Every Kubernetes serving certificate read over TLS (each apiserver, the load balancer,
+    /// each control-plane kubelet on 10250, etcd client and peer ports) stays valid for at
+    /// least `min_days`.
+    KubeServingCertsValidFor {
+        #[serde(default = "default_min_days")]
+        min_days: i64,
+    },
+    /// On every control-plane node reachable through node access, every certificate in
+    /// `kubeadm certs check-expiration` stays valid for at least `min_days`.
+    KubeadmCertsValidFor {
+        #[serde(default = "default_min_days")]
+        min_days: i64,
+    },
+    /// The live versions (each apiserver's `/version`, kubelets, kube-proxy, controller-manager,
+    /// scheduler, local kubectl) obey the version-skew policy in `fixtures/skew-policy.yaml`.
+    VersionSkew,
+    /// `kubeadm upgrade apply vX.(Y+2).0 --dry-run` on a control-plane node is refused with
+    /// kubeadm's one-minor-at-a-time error (after `kubeadm upgrade plan`). Nothing else runs.
+    KubeadmRefusesSkippingAMinor,
+    /// After `apiserver_cert_expired`: a direct TLS connection to that apiserver reports its
+    /// certificate as expired within `within` (the apiserver reloads it from disk by itself).
+    ApiserverServesExpiredCert {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// After `apiserver_cert_expired`: requests through the load balancer keep succeeding once
+    /// its health check has dropped that backend: from at most `within` after the expired
+    /// certificate is served, every request during `window` succeeds.
+    LbRoutesAroundExpiredCert {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+        #[serde(with = "humantime_serde")]
+        window: Duration,
+    },
+    /// After the heal of `apiserver_cert_expired`: that apiserver serves a certificate that
+    /// verifies again within `within` (it reloads the restored file), so later cases find it
+    /// as it was.
+    ApiserverServesValidCert {
+        #[serde(with = "humantime_serde")]
         within: Duration,
     },
 }

@@ -28,6 +28,10 @@ pub struct Target {
     /// The control plane's instances and how to stop each, resolved once per run (on first
     /// use) from the rig or from discovery.
     pub control_plane: tokio::sync::OnceCell<crate::controlplane::ControlPlane>,
+    /// The cluster CA's key file (`--kube-ca-key`, `kube_ca_key:`), when given: the `certs`
+    /// suite signs its test client certificates with it (`ca.crt` beside it, else the
+    /// kubeconfig's CA, is the certificate).
+    pub kube_ca_key: Option<std::path::PathBuf>,
 }
 
 impl Target {

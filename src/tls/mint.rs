@@ -184,6 +184,58 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A copy of the serving certificate `original_pem` (same subject, same SANs, same public
+    /// key, server usage) signed by this CA with the window `not_before`..`not_after`. Only
+    /// the public key is needed: the server's private key is never read, and the server keeps
+    /// using its own key with the new certificate.
+    pub fn reissue(
+        &self,
+        original_pem: &str,
+        not_before: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+    ) -> Result<Minted, MintError> {
+        use x509_parser::extensions::GeneralName;
+        let sign = |e: rcgen::Error| MintError::Sign(e.to_string());
+        let der = rustls_pemfile::certs(&mut original_pem.as_bytes())
+            .next()
+            .ok_or_else(|| MintError::CaCert("the certificate to copy: no PEM certificate found".into()))?
+            .map_err(|e| MintError::CaCert(e.to_string()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| MintError::CaCert(format!("the certificate to copy is not X.509: {e}")))?;
+        let spki = rcgen::SubjectPublicKeyInfo::from_der(x509.public_key().raw).map_err(sign)?;
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = x509.subject_alternative_name() {
+            for n in &ext.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => sans.push(rcgen::SanType::DnsName((*d).try_into().map_err(sign)?)),
+                    GeneralName::IPAddress(b) => {
+                        let ip = match b.len() {
+                            4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()),
+                            16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()),
+                            _ => continue,
+                        };
+                        sans.push(rcgen::SanType::IpAddress(ip));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut p = CertificateParams::default();
+        p.distinguished_name = name_of(original_pem)?;
+        p.subject_alt_names = sans;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.not_before = to_time(not_before);
+        p.not_after = to_time(not_after);
+        p.serial_number = Some(rand::random::<[u8; 16]>().map(|b| b & 0x7f).to_vec().into());
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(sign)?;
+        let cert = p.signed_by(&spki, &issuer).map_err(sign)?;
+        Ok(Minted { cert_pem: cert.pem(), key_pem: String::new(), not_before: trunc(not_before), not_after: trunc(not_after) })
+    }
+}
+
 fn name_of(cert_pem: &str) -> Result<rcgen::DistinguishedName, MintError> {
     let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .next()
@@ -297,6 +349,35 @@ mod tests {
     }
 
     #[test]
+    fn reissue_keeps_names_and_key_and_changes_the_window() {
+        let ca = Ca::generate("kubernetes").unwrap();
+        let now = Utc::now();
+        let orig = ca
+            .issue(&LeafSpec {
+                common_name: "kube-apiserver".into(),
+                sans: vec!["10.0.0.11".into(), "kubernetes.default".into()],
+                usage: Usage::Server,
+                not_before: now - ChronoDuration::days(1),
+                not_after: now + ChronoDuration::days(300),
+            })
+            .unwrap();
+        let (nb, na) = Window::Expired.bounds(now);
+        let re = ca.reissue(&orig.cert_pem, nb, na).unwrap();
+        let parse = |pem: &str| rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap();
+        let (d1, d2) = (parse(&orig.cert_pem), parse(&re.cert_pem));
+        let (_, c1) = parse_x509_certificate(&d1).unwrap();
+        let (_, c2) = parse_x509_certificate(&d2).unwrap();
+        assert_eq!(c1.subject().to_string(), c2.subject().to_string());
+        assert_eq!(c1.public_key().raw, c2.public_key().raw, "the server keeps its key");
+        assert_eq!(
+            c1.subject_alternative_name().unwrap().unwrap().value,
+            c2.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(c2.validity().not_after.timestamp() < now.timestamp());
+        assert_eq!(c2.issuer().to_string(), "CN=kubernetes");
+    }
+
+    #[test]
     fn impostor_has_the_same_name_and_another_key() {
         let ca = Ca::generate("etcd-ca").unwrap();
         let imp = ca.impostor().unwrap();
@@ -336,8 +417,12 @@ mod tests {
         run(&["req", "-x509", "-new", "-key", "rsa.key", "-subj", "/CN=etcd-ca", "-days", "2", "-out", "rsa.crt"]);
         let key = std::fs::read_to_string(dir.path().join("rsa.key")).unwrap();
         assert!(key.contains("BEGIN RSA PRIVATE KEY"), "{}", &key[..40]);
-        let ca = Ca::from_pem(&std::fs::read_to_string(dir.path().join("rsa.crt")).unwrap(), &key).unwrap();
+        let rsa_crt = std::fs::read_to_string(dir.path().join("rsa.crt")).unwrap();
+        let ca = Ca::from_pem(&rsa_crt, &key).unwrap();
         ca.issue(&LeafSpec::client("x", Window::Valid, Utc::now())).unwrap();
+        // an RSA public key (kubeadm's apiserver.crt) is copied into a re-signed certificate
+        let (nb, na) = Window::Expired.bounds(Utc::now());
+        ca.reissue(&rsa_crt, nb, na).unwrap();
         // EC P-256, SEC1
         run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec.key"]);
         run(&["req", "-x509", "-new", "-key", "ec.key", "-subj", "/CN=etcd-ca", "-days", "2", "-out", "ec.crt"]);

@@ -23,6 +23,8 @@ pub struct EtcdOpts {
     pub serving_days: i64,
     /// SANs of the serving certificate.
     pub sans: Vec<String>,
+    /// The peer port speaks TLS too (the serving certificate, peer client-cert auth).
+    pub peer_tls: bool,
 }
 
 impl Default for EtcdOpts {
@@ -32,6 +34,7 @@ impl Default for EtcdOpts {
             trusted_ca: true,
             serving_days: 365,
             sans: vec!["127.0.0.1".into(), "localhost".into()],
+            peer_tls: false,
         }
     }
 }
@@ -47,6 +50,7 @@ pub struct TestEtcd {
     pub client_crt: PathBuf,
     pub client_key: PathBuf,
     pub serving_not_after: chrono::DateTime<Utc>,
+    pub peer_url: String,
 }
 
 fn free_port() -> u16 {
@@ -98,7 +102,7 @@ impl TestEtcd {
         {
             let (cport, pport) = (free_port(), free_port());
             let endpoint = format!("https://127.0.0.1:{cport}");
-            let peer = format!("http://127.0.0.1:{pport}");
+            let peer = format!("{}://127.0.0.1:{pport}", if opts.peer_tls { "https" } else { "http" });
             let mut cmd = Command::new("etcd");
             cmd.args(["--name", "t", "--data-dir"])
                 .arg(p("data"))
@@ -120,6 +124,10 @@ impl TestEtcd {
             if opts.client_cert_auth {
                 cmd.arg("--client-cert-auth");
             }
+            if opts.peer_tls {
+                cmd.arg("--peer-cert-file").arg(p("server.crt")).arg("--peer-key-file").arg(p("server.key"));
+                cmd.arg("--peer-trusted-ca-file").arg(p("ca.crt")).arg("--peer-client-cert-auth");
+            }
             let child = cmd.spawn().expect("etcd must be installed (ci/install-deps.sh)");
             let mut e = TestEtcd {
                 child: Some(child),
@@ -129,6 +137,7 @@ impl TestEtcd {
                 client_crt: p("client.crt"),
                 client_key: p("client.key"),
                 serving_not_after: serving.not_after,
+                peer_url: peer.clone(),
                 ca,
                 dir,
             };
