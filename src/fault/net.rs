@@ -320,7 +320,9 @@ mod tests {
         .await;
         assert!(seen.is_some(), "the timer runs detached");
         assert!(!deadman_running(&new_token()), "another token is not matched");
-        assert_eq!(kill_deadman(&token), 1);
+        // the timer, and on a busy machine possibly `setsid` still exiting after its fork
+        // (its argv carries the tag too): at least one, and afterwards none
+        assert!(kill_deadman(&token) >= 1);
         let gone = crate::engine::poll(Duration::from_secs(5), Duration::from_millis(20), || async {
             (!deadman_running(&token)).then_some(())
         })
