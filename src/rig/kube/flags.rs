@@ -28,13 +28,13 @@ fn flags(pairs: Vec<(&str, String)>) -> Vec<String> {
     pairs.into_iter().map(|(k, v)| format!("--{k}={v}")).collect()
 }
 
-/// kube-apiserver on `address`.
-pub fn apiserver(l: &Layout, address: Ipv4Addr) -> Vec<String> {
+/// kube-apiserver `name` on `address` (serving with its own certificate).
+pub fn apiserver(l: &Layout, name: &str, address: Ipv4Addr) -> Vec<String> {
     let k = &l.pki;
     let (kc, kk) = k.pair("apiserver-kubelet-client");
     let (ec, ek) = k.pair("apiserver-etcd-client");
     let (pc, pk) = k.pair("front-proxy-client");
-    let (sc, sk) = k.pair("apiserver");
+    let (sc, sk) = k.apiserver_pair(name);
     flags(vec![
         ("advertise-address", address.to_string()),
         ("allow-privileged", "true".into()),
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn apiserver_flags() {
-        let m = parse(&apiserver(&layout(), Ipv4Addr::new(10, 213, 7, 102)));
+        let m = parse(&apiserver(&layout(), "apiserver-2", Ipv4Addr::new(10, 213, 7, 102)));
         expect(
             &m,
             &[
@@ -152,8 +152,8 @@ mod tests {
                 ("etcd-certfile", "/r/pki/kube/apiserver-etcd-client.crt"),
                 ("etcd-keyfile", "/r/pki/kube/apiserver-etcd-client.key"),
                 ("client-ca-file", "/r/pki/kube/ca.crt"),
-                ("tls-cert-file", "/r/pki/kube/apiserver.crt"),
-                ("tls-private-key-file", "/r/pki/kube/apiserver.key"),
+                ("tls-cert-file", "/r/pki/kube/apiserver-2/apiserver.crt"),
+                ("tls-private-key-file", "/r/pki/kube/apiserver-2/apiserver.key"),
                 ("kubelet-client-certificate", "/r/pki/kube/apiserver-kubelet-client.crt"),
                 ("kubelet-client-key", "/r/pki/kube/apiserver-kubelet-client.key"),
                 ("service-account-issuer", "https://kubernetes.default.svc.cluster.local"),

@@ -116,7 +116,7 @@ pub async fn plan(st: &RigState, bins: &Binaries) -> Result<KubeRigState, RigErr
         let args = match p.role {
             // -db: foreground, no daemon (the recorded pid is HAProxy's)
             Role::LoadBalancer => vec!["-db".into(), "-f".into(), haproxy_config.display().to_string()],
-            Role::Apiserver => flags::apiserver(&layout, p.address),
+            Role::Apiserver => flags::apiserver(&layout, &p.name, p.address),
             Role::ControllerManager => flags::controller_manager(&layout, &p.name, p.address),
             Role::Scheduler => flags::scheduler(&layout, &p.name, p.address),
         };

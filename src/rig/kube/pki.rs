@@ -6,10 +6,13 @@
 //! copy of its certificate sits at `etcd/ca.crt` as on a kubeadm node.
 //!
 //! Layout of `<rig>/pki/kube` (0700; every key 0600):
-//! `ca.crt ca.key apiserver.crt apiserver.key apiserver-kubelet-client.{crt,key}
-//! apiserver-etcd-client.{crt,key} front-proxy-ca.{crt,key} front-proxy-client.{crt,key}
-//! sa.key sa.pub etcd/ca.crt` and, beyond kubeadm, `<host>.{crt,key}` serving certificates
-//! for each controller-manager and scheduler so that their health endpoints are verified.
+//! `ca.crt ca.key apiserver-kubelet-client.{crt,key} apiserver-etcd-client.{crt,key}
+//! front-proxy-ca.{crt,key} front-proxy-client.{crt,key} sa.key sa.pub etcd/ca.crt`;
+//! `<apiserver host>/apiserver.{crt,key}`: each apiserver has its own serving certificate
+//! and key, as each kubeadm control-plane node has its own `/etc/kubernetes/pki/apiserver.crt`
+//! (so a lab that expires one apiserver's certificate leaves the others alone); and, beyond
+//! kubeadm, `<host>.{crt,key}` serving certificates for each controller-manager and
+//! scheduler so that their health endpoints are verified.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -57,6 +60,16 @@ impl KubePki {
     /// `<name>.crt`, `<name>.key`.
     pub fn pair(&self, name: &str) -> (PathBuf, PathBuf) {
         (self.file(&format!("{name}.crt")), self.file(&format!("{name}.key")))
+    }
+    /// The directory that plays the apiserver host's `/etc/kubernetes/pki` for its serving
+    /// certificate: `<dir>/<host>`.
+    pub fn host_dir(&self, host: &str) -> PathBuf {
+        self.dir.join(host)
+    }
+    /// The serving certificate and key of apiserver `host`.
+    pub fn apiserver_pair(&self, host: &str) -> (PathBuf, PathBuf) {
+        let d = self.host_dir(host);
+        (d.join("apiserver.crt"), d.join("apiserver.key"))
     }
     pub fn sa_key(&self) -> PathBuf {
         self.file("sa.key")
@@ -147,8 +160,14 @@ pub fn create(pki: &KubePki, etcd_ca: (&Path, &Path), spec: &PkiSpec) -> Result<
     let client = [Eku::ClientAuth];
     let sans = apiserver_sans(spec)?;
     let leaf = window(nb, na);
-    let issued: [(&str, &Ca, Leaf<'_>); 4] = [
-        ("apiserver", &ca, leaf(APISERVER_CN, &[], &sans, &server)),
+    for (host, _) in &spec.apiservers {
+        let d = pki.host_dir(host);
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(wfail(&d))?;
+        let m = ca.issue_leaf(&leaf(APISERVER_CN, &[], &sans, &server))?;
+        let (c, k) = pki.apiserver_pair(host);
+        write_pair(&c, &k, &m)?;
+    }
+    let issued: [(&str, &Ca, Leaf<'_>); 3] = [
         ("apiserver-kubelet-client", &ca, leaf(KUBELET_CLIENT_CN, &[MASTERS], &[], &client)),
         ("apiserver-etcd-client", &etcd, leaf(ETCD_CLIENT_CN, &[MASTERS], &[], &client)),
         ("front-proxy-client", &fp, leaf(FRONT_PROXY_CLIENT_CN, &[], &[], &client)),
@@ -248,7 +267,8 @@ mod tests {
     #[test]
     fn apiserver_certificate_names_every_apiserver_the_lb_and_the_service() {
         let b = build();
-        let names = with_cert(&b.pki.file("apiserver.crt"), sans);
+        let first = b.pki.apiserver_pair("apiserver-1").0;
+        let names = with_cert(&first, sans);
         for want in [
             "10.213.7.101",
             "10.213.7.102",
@@ -265,7 +285,7 @@ mod tests {
         ] {
             assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
         }
-        with_cert(&b.pki.file("apiserver.crt"), |c| {
+        with_cert(&first, |c| {
             let eku = c.extended_key_usage().unwrap().unwrap().value;
             assert!(eku.server_auth && !eku.client_auth, "{eku:?}");
             let ku = c.key_usage().unwrap().unwrap().value;
@@ -273,7 +293,13 @@ mod tests {
             assert!(!c.is_ca());
             assert_eq!(subject(c).0, APISERVER_CN);
         });
-        assert!(verify_by(&b.pki.file("apiserver.crt"), &b.pki.ca_cert()));
+        for i in 1..=3 {
+            assert!(verify_by(&b.pki.apiserver_pair(&format!("apiserver-{i}")).0, &b.pki.ca_cert()));
+        }
+        // each apiserver its own certificate and key, as each kubeadm node
+        let read = |h: &str| std::fs::read(b.pki.apiserver_pair(h).1).unwrap();
+        assert_ne!(read("apiserver-1"), read("apiserver-2"));
+        assert!(!b.pki.file("apiserver.crt").exists(), "no shared serving certificate");
     }
 
     #[test]
@@ -337,18 +363,23 @@ mod tests {
         let b = build();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&b.pki.dir), 0o700);
-        let keys: Vec<PathBuf> = std::fs::read_dir(&b.pki.dir)
+        let mut keys: Vec<PathBuf> = std::fs::read_dir(&b.pki.dir)
             .unwrap()
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "key"))
             .collect();
-        // ca, front-proxy-ca, apiserver, 3 clients, 1 health server, sa
-        assert_eq!(keys.len(), 8, "{keys:?}");
+        // ca, front-proxy-ca, 3 clients, 1 health server, sa
+        assert_eq!(keys.len(), 7, "{keys:?}");
+        for i in 1..=3 {
+            let h = format!("apiserver-{i}");
+            assert_eq!(mode(&b.pki.host_dir(&h)), 0o700);
+            keys.push(b.pki.apiserver_pair(&h).1);
+        }
         for k in &keys {
             assert_eq!(mode(k), 0o600, "{}", k.display());
         }
-        for f in ["ca.crt", "apiserver.crt", "sa.pub"] {
+        for f in ["ca.crt", "apiserver-1/apiserver.crt", "sa.pub"] {
             assert_eq!(mode(&b.pki.file(f)), 0o644, "{f}");
         }
         let key = KeyPair::from_pem(&std::fs::read_to_string(b.pki.sa_key()).unwrap()).unwrap();
