@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::net::{self, NetMember};
+use super::node::{self as node_fault, NodeRef};
 use super::{process, FaultError};
 use crate::suite::StopSignal;
 
@@ -38,6 +39,27 @@ pub enum Fault {
     /// Stop a process of the local rig (an etcd member or a Kubernetes component) by pid,
     /// checked against its start time; revert restarts it with its stored command line.
     RigProcessStop { rig_dir: PathBuf, name: String, pid: i32, start_time: u64, signal: StopSignal },
+    /// Stop a static pod on a node by moving its manifest into `parking_dir` (the kubelet
+    /// stops the pod) and waiting until `container` is gone; revert moves it back and waits
+    /// until it runs again.
+    StaticPodStop { at: NodeRef, container: String, manifest: PathBuf, parking_dir: PathBuf, token: String, wait_secs: u64 },
+    /// `systemctl stop` a unit on a node (the kubelet), with a dead-man on the node that
+    /// starts it again; revert starts it and waits until it is active.
+    NodeUnitStop { at: NodeRef, unit: String, token: String, dead_man_secs: u64, wait_secs: u64 },
+    /// Drop the etcd peer traffic between a node and the other members' addresses with
+    /// iptables rules tagged `hadrill:<token>` in the node's root namespace; a dead-man on the
+    /// node removes them after `dead_man_secs`.
+    NodeEtcdPartition {
+        at: NodeRef,
+        token: String,
+        others: Vec<String>,
+        other_names: Vec<String>,
+        peer_ports: Vec<u16>,
+        dead_man_secs: u64,
+    },
+    /// Delay a node's etcd peer traffic with tc netem on `dev`; a dead-man on the node removes
+    /// the qdisc after `dead_man_secs`.
+    NodePeerLatency { at: NodeRef, token: String, dev: String, peer_ports: Vec<u16>, delay_ms: u64, dead_man_secs: u64 },
 }
 
 fn signal_name(s: StopSignal) -> &'static str {
@@ -75,6 +97,7 @@ impl Fault {
                 rig_dir.display(),
                 signal_name(*signal)
             ),
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::describe(f),
         }
     }
 
@@ -91,6 +114,7 @@ impl Fault {
                 format!("kill the dead-man timer hadrill-deadman-{token}, delete the root qdisc of {dev}")
             }
             Fault::RigProcessStop { name, .. } => format!("restart {name} with its command line, namespace and data"),
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::revert_plan(f),
         }
     }
 
@@ -128,6 +152,7 @@ impl Fault {
             Fault::PeerLatency { token, member, dev, peer_ports, delay_ms, dead_man_secs } => {
                 net::apply_latency(member, dev, peer_ports, *delay_ms, token, *dead_man_secs).await.map_err(fail)
             }
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::apply(f).await.map_err(fail),
         }
     }
 
@@ -152,6 +177,7 @@ impl Fault {
             Fault::RigProcessStop { rig_dir, name, .. } => {
                 crate::rig::restart_process(rig_dir, name).await.map_err(|e| fail(crate::exit::chain(&e)))
             }
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::revert(f).await.map_err(fail),
         }
     }
 }

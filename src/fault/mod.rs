@@ -9,6 +9,7 @@ mod active;
 mod kinds;
 pub mod ledger;
 pub mod net;
+pub mod node;
 pub mod process;
 
 pub use active::{inject, is_cancelled, revert_all_active, FaultGuard};
