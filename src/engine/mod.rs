@@ -3,6 +3,7 @@
 //! panic), and turns all of it into a [`Verdict`] with the timeline and measured figures.
 
 mod certs;
+pub mod controlplane;
 mod quorum;
 pub mod selftest;
 mod kube;

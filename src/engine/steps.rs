@@ -157,6 +157,9 @@ pub async fn pick_members(
 }
 
 async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Result<(), StepEnd> {
+    if let FaultSpec::KubeletStop { .. } | FaultSpec::ComponentStop { .. } | FaultSpec::NodeEtcdPartition { .. } = spec {
+        return super::controlplane::inject(ctx, spec, st).await;
+    }
     let Some(rig) = ctx.target.rig.clone() else {
         return Err(StepEnd::Skip("faults need node access to the members (the local rig)".into()));
     };
