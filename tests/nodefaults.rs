@@ -1,0 +1,189 @@
+//! Control-plane fault specs run through the `hadrill` binary. On the local rig (real etcd
+//! members, each in a network namespace reached with `local` node access) the on-node etcd
+//! partition cuts the leader off and the quorum checks see the majority elect a new one; the
+//! same partition of a follower makes that check fail; a kubelet fault is skipped with the
+//! rig's reason. Against a real cluster (`HADRILL_E2E_KUBECONFIG`) the node faults run on its
+//! nodes; without it those tests say why they did nothing.
+//! Needs root, etcd, ip and iptables. Each test removes what it started, even on panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+use hadrill::rig::{self, Isolation, RigSpec, RigState};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+struct Rig {
+    state: RigState,
+    _tmp: tempfile::TempDir,
+    ledger: PathBuf,
+}
+
+impl Rig {
+    fn up(members: usize) -> Rig {
+        let tmp = tempfile::Builder::new().prefix("hn-").tempdir().unwrap();
+        let dir = tmp.path().join("rig");
+        let ledger = tmp.path().join("ledger");
+        let state = rt()
+            .block_on(rig::up(&RigSpec { dir: dir.clone(), members, isolation: Isolation::Netns }))
+            .unwrap_or_else(|e| panic!("rig up: {}", hadrill::exit::chain(&e)));
+        Rig { state, _tmp: tmp, ledger }
+    }
+
+    fn hadrill(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hadrill"));
+        c.env("HADRILL_LEDGER", &self.ledger).arg("--config").arg(self.state.dir.join("target.yaml"));
+        c
+    }
+
+    fn no_rules_left(&self) {
+        for m in &self.state.members {
+            let ns = m.netns.as_ref().unwrap();
+            let rules = rt().block_on(hadrill::fault::net::tagged_rules(ns, None)).unwrap();
+            assert!(rules.is_empty(), "rules left in {ns}: {rules:?}");
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = rt().block_on(rig::down(&self.state.dir.clone()));
+    }
+}
+
+fn show(o: &Output) -> String {
+    format!("status {}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn suite_dir(yaml: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("custom.yaml"), yaml).unwrap();
+    d
+}
+
+fn case<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["cases"].as_array().unwrap().iter().find(|c| c["case"] == name).unwrap_or_else(|| panic!("no case {name}"))
+}
+
+const SUITE: &str = r#"suite: nodefaults
+description: control-plane fault specs on the rig
+cases:
+  - name: leader_partitioned_on_its_node
+    description: the etcd leader's node drops its peer traffic → the majority elects a new leader
+    disruptive: true
+    requires: [etcd, { etcd_members: { min: 3 } }]
+    steps:
+      - probe: { etcd_status: {} }
+      - probe: { etcd_writes: { per_second: 20, timeout: 2s } }
+      - await: { acknowledged_writes: { count: 10, within: 10s } }
+      - inject: { node_etcd_partition: { pick: leader, dead_man: 120s } }
+      - check: { majority_elects_new_leader: { within: 5s } }
+      - check: isolated_leader_refuses_writes
+      - heal
+      - await: { leader: { within: 15s } }
+      - check: { writes_succeed: { within: 10s } }
+      - check: no_lost_writes
+      - check: { converged: { within: 20s } }
+  - name: follower_partitioned_on_its_node
+    description: a follower cut off → no new leader (this check must fail)
+    disruptive: true
+    requires: [etcd, { etcd_members: { min: 3 } }]
+    steps:
+      - probe: { etcd_status: {} }
+      - inject: { node_etcd_partition: { pick: not_leader, dead_man: 120s } }
+      - check: { majority_elects_new_leader: { within: 3s } }
+  - name: kubelet_on_the_rig
+    description: the rig runs no kubelet
+    disruptive: true
+    steps:
+      - inject: { kubelet_stop: { pick: any } }
+"#;
+
+#[test]
+fn node_etcd_partition_through_the_rigs_node_access() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::up(3);
+    let suites = suite_dir(SUITE);
+    let report = rig.state.dir.join("report.json");
+    let o = rig
+        .hadrill()
+        .arg("--suite-dir")
+        .arg(suites.path())
+        .args(["run", "--allow-disruption", "--seed", "3", "nodefaults::", "--json"])
+        .arg(&report)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "one case must fail: {}", show(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let c = case(&r, "leader_partitioned_on_its_node");
+    assert_eq!(c["verdict"]["status"], "passed", "{c}\n{}", show(&o));
+    let text = c.to_string();
+    assert!(text.contains("partition the etcd member on node") && text.contains("iptables rules hadrill:"), "{text}");
+    let c = case(&r, "follower_partitioned_on_its_node");
+    assert_eq!(c["verdict"]["status"], "failed", "{c}");
+    let c = case(&r, "kubelet_on_the_rig");
+    assert_eq!(c["verdict"]["status"], "skipped", "{c}");
+    assert_eq!(c["verdict"]["reason"], "needs a kubelet: the rig runs none", "{c}");
+    rig.no_rules_left();
+    assert!(std::fs::read_dir(&rig.ledger).unwrap().next().is_none(), "the ledger is empty after the run");
+}
+
+/// Against a real cluster: every node fault is injected and reverted through the configured
+/// node access. `HADRILL_E2E_CONFIG` names the config that lists the context under
+/// `disruption.allowed_contexts` (and `node_access` unless the cluster is kind).
+#[test]
+fn e2e_node_faults_on_a_real_cluster() {
+    let Some(kubeconfig) = std::env::var_os("HADRILL_E2E_KUBECONFIG") else {
+        eprintln!("skipped: HADRILL_E2E_KUBECONFIG is not set (a kubeconfig of a disposable HA cluster with node access)");
+        return;
+    };
+    let ledger = tempfile::tempdir().unwrap();
+    let suites = suite_dir(
+        r#"suite: e2enode
+description: node faults on a real cluster
+cases:
+  - name: apiserver_stop
+    description: one apiserver's manifest parked, then restored
+    disruptive: true
+    requires: [kubernetes]
+    steps:
+      - inject: { component_stop: { component: apiserver, pick: any } }
+      - heal
+  - name: scheduler_leader_stop
+    description: the scheduler leader's manifest parked, then restored
+    disruptive: true
+    requires: [kubernetes]
+    steps:
+      - inject: { component_stop: { component: scheduler, pick: leader } }
+      - heal
+  - name: kubelet_stop
+    description: a kubelet stopped, then started
+    disruptive: true
+    requires: [kubernetes]
+    steps:
+      - inject: { kubelet_stop: { pick: any } }
+      - heal
+  - name: etcd_partition
+    description: the etcd leader's node cut off, then healed
+    disruptive: true
+    requires: [kubernetes, etcd]
+    steps:
+      - inject: { node_etcd_partition: { pick: leader, dead_man: 120s } }
+      - heal
+"#,
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hadrill"));
+    cmd.env("HADRILL_LEDGER", ledger.path()).arg("--kubeconfig").arg(&kubeconfig);
+    if let Some(c) = std::env::var_os("HADRILL_E2E_CONFIG") {
+        cmd.arg("--config").arg(c);
+    }
+    let o = cmd.arg("--suite-dir").arg(suites.path()).args(["run", "--allow-disruption", "e2enode::"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(std::fs::read_dir(ledger.path()).unwrap().next().is_none(), "nothing left in the ledger");
+}
