@@ -187,3 +187,34 @@ cases:
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(std::fs::read_dir(ledger.path()).unwrap().next().is_none(), "nothing left in the ledger");
 }
+
+/// The etcd client material of a Kubernetes target is read through node access (here `local`
+/// on the rig's PKI, standing in for /etc/kubernetes/pki on a control-plane node) and reaches
+/// the real members; a wrong CA bundle is refused before the target is used.
+#[test]
+fn etcd_material_read_through_node_access_reaches_the_members() {
+    use hadrill::node::NodeAccess;
+    use hadrill::target::discovery::EtcdClientFiles;
+    use hadrill::target::etcd_via_node::{read_tls, reachable_target};
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rig = Rig::up(3);
+    let s = |p: &std::path::Path| p.display().to_string();
+    let files = EtcdClientFiles {
+        node: "cp-1".into(),
+        ca: s(&rig.state.ca_cert),
+        cert: Some(s(&rig.state.client_cert)),
+        key: Some(s(&rig.state.client_key)),
+    };
+    let endpoints: Vec<String> = rig.state.members.iter().map(|m| m.client_url.clone()).collect();
+    let rt = rt();
+    let tls = rt.block_on(read_tls(&NodeAccess::Local { netns: None }, None, &files)).unwrap();
+    let etcd = rt.block_on(reachable_target(endpoints.clone(), tls)).unwrap_or_else(|e| panic!("{e}"));
+    let v = rt.block_on(hadrill::probe::etcd::cluster_view(&etcd)).unwrap();
+    assert_eq!(v.members.len(), 3);
+    assert!(v.leader().is_some());
+    // the client certificate given as the CA bundle: the members' serving certificates fail
+    let wrong = EtcdClientFiles { ca: s(&rig.state.client_cert), ..files };
+    let tls = rt.block_on(read_tls(&NodeAccess::Local { netns: None }, None, &wrong)).unwrap();
+    let e = rt.block_on(reachable_target(endpoints, tls)).unwrap_err();
+    assert!(e.contains("did not answer"), "{e}");
+}
