@@ -32,9 +32,10 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
         }
         None => println!("target: (none configured; plan shows the cases only)"),
     }
+    let mut cluster = None;
     if let Some(k) = t.as_ref().and_then(|t| t.kube.as_ref()) {
-        let text = rt
-            .block_on(crate::target::discovery::plan_report(k, resolved.config.node_access.as_ref()))
+        let (text, cp, d) = rt
+            .block_on(crate::controlplane::discovered::plan_report(k, resolved.config.node_access.as_ref()))
             .map_err(|e| {
                 let m = format!("Kubernetes API {} (context {}): cannot discover the control plane: {}", k.server, k.context, crate::exit::chain(&e));
                 if e.is_permission() {
@@ -44,6 +45,7 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
                 }
             })?;
         print!("{text}");
+        cluster = Some((cp, d));
     }
     println!();
     let mut faults = 0;
@@ -54,6 +56,11 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
             faults += 1;
             println!("    inject: {} via {access}", describe(f));
             println!("    revert: {}", revert(f));
+            if let Some((cp, d)) = cluster.as_ref().filter(|_| t.as_ref().is_some_and(|t| t.rig.is_none())) {
+                for line in crate::controlplane::discovered::plan_lines(cp, d, f) {
+                    println!("      {line}");
+                }
+            }
         }
     }
     println!("\n{faults} fault(s) would be injected; every one is journaled in the ledger before it is applied.");

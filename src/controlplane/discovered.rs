@@ -158,3 +158,91 @@ pub fn choose<'a, R: rand::Rng>(
 
 #[cfg(test)]
 mod tests;
+
+/// The fault an instance would get, as `plan` shows it (the token is a placeholder; the
+/// kubeadm peer port).
+fn planned_fault(cp: &ControlPlane, i: &Instance, spec: &crate::suite::FaultSpec) -> Option<crate::fault::Fault> {
+    use crate::fault::node::{NodeRef, DEFAULT_WAIT_SECS, UNIT_DEAD_MAN_SECS};
+    use crate::fault::Fault;
+    let at = NodeRef { node: i.host.clone(), access: i.access.clone()?, kube: None };
+    let token = "<token>".to_string();
+    if let crate::suite::FaultSpec::NodeEtcdPartition { dead_man, .. } = spec {
+        let others: Vec<&Instance> = cp.of(Component::Etcd).into_iter().filter(|o| o.host != i.host).collect();
+        return Some(Fault::NodeEtcdPartition {
+            at,
+            token,
+            others: others.iter().filter_map(|o| o.address.clone()).collect(),
+            other_names: others.iter().map(|o| o.host.clone()).collect(),
+            peer_ports: vec![2380],
+            dead_man_secs: dead_man.as_secs().max(1),
+        });
+    }
+    Some(match i.stop.clone()? {
+        StopMethod::StaticPodManifest { manifest, parking_dir } => Fault::StaticPodStop {
+            at,
+            container: i.component.static_pod().into(),
+            manifest,
+            parking_dir,
+            token,
+            wait_secs: DEFAULT_WAIT_SECS,
+        },
+        StopMethod::SystemdUnit { unit } => Fault::NodeUnitStop { at, unit, token, dead_man_secs: UNIT_DEAD_MAN_SECS, wait_secs: 120 },
+        StopMethod::RigProcess { .. } => return None,
+    })
+}
+
+/// `plan`'s lines for one control-plane fault spec: which instances are candidates, on which
+/// node, through which access, what would be done there and how it is reverted (pure; the
+/// leader shown is the lease holder at discovery, read again at injection).
+pub fn plan_lines(cp: &ControlPlane, d: &Discovery, spec: &crate::suite::FaultSpec) -> Vec<String> {
+    use crate::suite::FaultSpec;
+    let (c, p) = match spec {
+        FaultSpec::KubeletStop { pick } => (Component::Kubelet, *pick),
+        FaultSpec::ComponentStop { component, pick, .. } => (*component, *pick),
+        FaultSpec::NodeEtcdPartition { pick, .. } => (Component::Etcd, *pick),
+        _ => return Vec::new(),
+    };
+    let lease_node = |c: Component| {
+        let name = c.lease()?;
+        d.leases.iter().find(|l| l.name == name).and_then(|l| l.holder_node.clone())
+    };
+    let leader_now = |c: Component| match c {
+        Component::Etcd => "the raft leader, asked from the members at injection".to_string(),
+        _ => match lease_node(c) {
+            Some(n) => format!("now {n}, the {} lease holder; read again at injection", c.static_pod()),
+            None => format!("the {} lease holder at injection (none now)", c.static_pod()),
+        },
+    };
+    let how = match p {
+        InstancePick::Any => "any one, chosen with the run's seed".to_string(),
+        InstancePick::Leader => format!("the leader ({})", leader_now(c)),
+        InstancePick::NotLeader => format!("one that does not lead ({})", leader_now(c)),
+        InstancePick::LeaderOf(o) => format!("the one on the node of the {} leader ({})", o.static_pod(), leader_now(o)),
+    };
+    let all = cp.of(c);
+    let mut out = vec![format!("where: {how}; {} {} instance(s) found", all.len(), c.static_pod())];
+    for i in all {
+        match unusable(i).map(Err).unwrap_or_else(|| planned_fault(cp, i, spec).ok_or_else(|| "no stop method".to_string())) {
+            Ok(f) => out.push(format!("{}: {} → revert: {}", i.host, f.describe(), f.revert_plan())),
+            Err(why) => out.push(format!("{}: cannot be faulted: {why}", i.host)),
+        }
+    }
+    out
+}
+
+/// Discovers the target and renders `plan`'s Kubernetes section, with the control plane that
+/// the per-fault lines are drawn from. Nothing on the nodes is contacted (the kubeadm manifest
+/// directory is assumed; a run reads the kubelet's `staticPodPath`).
+pub async fn plan_report(
+    k: &crate::target::kube::KubeTarget,
+    node_access: Option<&crate::node::select::NodeAccessConfig>,
+) -> Result<(String, ControlPlane, Discovery), crate::target::discovery::DiscoveryError> {
+    use crate::target::discovery::{discover, plan_text, DiscoveryError};
+    let client = kube::Client::try_from(k.config.clone())
+        .map_err(|e| DiscoveryError::Client { path: k.kubeconfig.display().to_string(), message: crate::exit::chain(&e) })?;
+    let d = discover(&client, &k.server).await?;
+    let cfg = node_access.cloned().unwrap_or_default();
+    let access = crate::node::select::resolve_all(&cfg, &d);
+    let cp = from_discovery(&d, &access, &BTreeMap::new(), format!("cluster of context {}", k.context));
+    Ok((plan_text(&d, node_access, chrono::Utc::now()), cp, d))
+}

@@ -115,3 +115,23 @@ fn images_and_kubelet_configs_are_read() {
     assert_eq!(component_of("kube-scheduler"), Some(Component::Scheduler));
     assert_eq!(component_of("coredns"), None);
 }
+
+#[test]
+fn plan_names_every_candidate_its_access_the_action_and_the_revert() {
+    use crate::suite::{FaultSpec, StopSignal};
+    let d = fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.10:6443");
+    let c = cp("backend: ssh\nssh:\n  user: root\nnodes:\n  cp-3:\n    backend: pod\n", &[]);
+    let spec = FaultSpec::ComponentStop { component: Component::Scheduler, pick: InstancePick::Leader, signal: StopSignal::Term };
+    let l = plan_lines(&c, &d, &spec);
+    assert_eq!(l[0], "where: the leader (now cp-1, the kube-scheduler lease holder; read again at injection); 3 kube-scheduler instance(s) found");
+    assert!(l[1].starts_with("cp-1: stop kube-scheduler on node cp-1 (static pod: move /etc/kubernetes/manifests/kube-scheduler.yaml aside, via ssh root@10.0.0.11) → revert: move /etc/kubernetes/hadrill-parked/kube-scheduler.yaml.hadrill-<token> back"), "{l:?}");
+    assert!(l[3].contains("via privileged pod on node cp-3"), "{l:?}");
+    let k = plan_lines(&c, &d, &FaultSpec::KubeletStop { pick: InstancePick::LeaderOf(Component::ControllerManager) });
+    assert!(k[0].contains("the node of the kube-controller-manager leader (now cp-2"), "{k:?}");
+    assert!(k[2].starts_with("cp-2: stop the kubelet unit on node cp-2 (systemctl stop, via ssh root@10.0.0.12; dead-man on the node 600s) → revert: stop the dead-man hadrill-deadman-<token> on cp-2, systemctl start kubelet"), "{k:?}");
+    assert!(k[3].starts_with("cp-3: cannot be faulted: the pod node access backend execs through the node's kubelet"), "{k:?}");
+    let p = plan_lines(&c, &d, &FaultSpec::NodeEtcdPartition { pick: InstancePick::Leader, dead_man: std::time::Duration::from_secs(90) });
+    assert!(p[0].contains("the raft leader, asked from the members at injection"), "{p:?}");
+    assert!(p[1].contains("partition the etcd member on node cp-1 from cp-2+cp-3 (drop peer ports [2380] both ways") && p[1].contains("dead-man 90s on the node"), "{p:?}");
+    assert!(plan_lines(&c, &d, &FaultSpec::MemberPause { role: crate::suite::MemberRole::Any, count: 1 }).is_empty());
+}
