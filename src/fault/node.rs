@@ -117,6 +117,7 @@ pub fn deadman_start(token: &str, secs: u64, action: &str) -> Result<String, Str
   systemd-run --quiet --collect --unit={tag} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c '{action}' {tag}
   systemctl is-active --quiet {tag}.timer || {{ echo "the dead-man timer {tag}.timer is not active" >&2; exit 1; }}
 else
+  [ -z "$HADRILL_NEED_SYSTEMD" ] || {{ echo "no systemd on this node: a dead-man timer started from the access pod would die with the pod (use ssh or docker node access)" >&2; exit 3; }}
   setsid -f /bin/sh -c 'sleep {secs}; {action}' {tag} </dev/null >/dev/null 2>&1
   i=0
   until {found}; do
@@ -410,6 +411,16 @@ pub(super) fn revert_plan(f: &Fault) -> String {
     }
 }
 
+/// What a dead-man script needs to know about the backend: through an access pod, only a
+/// systemd timer outlives the pod.
+fn prelude(at: &NodeRef) -> &'static str {
+    if matches!(at.access, NodeAccess::Pod { .. }) {
+        "HADRILL_NEED_SYSTEMD=1\n"
+    } else {
+        ""
+    }
+}
+
 pub(super) async fn apply(f: &Fault) -> Result<(), String> {
     match f {
         Fault::StaticPodStop { at, container, manifest, parking_dir, token, wait_secs } => {
@@ -417,15 +428,16 @@ pub(super) async fn apply(f: &Fault) -> Result<(), String> {
             wait_component(at, container, false, *wait_secs).await
         }
         Fault::NodeUnitStop { at, unit, token, dead_man_secs, wait_secs } => {
-            at.sh("hadrill-unit-stop", &unit_stop_script(unit, token, *dead_man_secs)?, CMD_TIMEOUT).await?;
+            at.sh("hadrill-unit-stop", &format!("{}{}", prelude(at), unit_stop_script(unit, token, *dead_man_secs)?), CMD_TIMEOUT).await?;
             wait_unit(at, unit, false, *wait_secs).await
         }
         Fault::NodeEtcdPartition { at, token, others, peer_ports, dead_man_secs, .. } => at
-            .sh("hadrill-partition", &partition_apply_script(others, peer_ports, token, *dead_man_secs)?, CMD_TIMEOUT)
+            .sh("hadrill-partition", &format!("{}{}", prelude(at), partition_apply_script(others, peer_ports, token, *dead_man_secs)?), CMD_TIMEOUT)
             .await
             .map(|_| ()),
         Fault::NodePeerLatency { at, token, dev, peer_ports, delay_ms, dead_man_secs } => {
-            match at.sh("hadrill-latency", &latency_apply_script(dev, peer_ports, *delay_ms, token, *dead_man_secs)?, CMD_TIMEOUT).await {
+            let script = format!("{}{}", prelude(at), latency_apply_script(dev, peer_ports, *delay_ms, token, *dead_man_secs)?);
+            match at.sh("hadrill-latency", &script, CMD_TIMEOUT).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.contains("qdisc kind is unknown") || e.contains("Specified qdisc not found") => Err(format!(
                     "{}: this kernel has no tc netem/prio support (sch_netem, sch_prio): {e}",

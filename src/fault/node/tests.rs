@@ -362,3 +362,21 @@ fn node_faults_round_trip_through_the_ledger_form() {
     assert!(f.describe().contains("stop kube-apiserver on node cp-1"), "{}", f.describe());
     assert!(f.revert_plan().contains("/etc/kubernetes/hadrill-parked/kube-apiserver.yaml.hadrill-abc"), "{}", f.revert_plan());
 }
+
+/// Through an access pod only a systemd timer outlives the pod: without systemd (as on this
+/// machine) the script refuses before any rule goes in.
+#[tokio::test]
+async fn without_systemd_the_pod_backend_refuses_a_dead_man_that_would_die_with_the_pod() {
+    let mut ns = Netns::new();
+    let token = net::new_token();
+    ns.tokens.push(token.clone());
+    let pod = NodeRef { node: "cp-1".into(), access: NodeAccess::Pod { node: "cp-1".into(), namespace: "kube-system".into(), image: "busybox".into() }, kube: None };
+    let script = format!("{}{}", prelude(&pod), partition_apply_script(&["10.99.0.2".into()], &[2380], &token, 30).unwrap());
+    // run it where the pod would (here: the test's namespace, no systemd)
+    let out = Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", &script, "hadrill-partition"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would die with the pod"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tagged(&ns.name, &token).is_empty());
+    assert!(!net::deadman_running(&token));
+    assert_eq!(prelude(&local(None)), "");
+}
