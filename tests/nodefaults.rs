@@ -218,3 +218,32 @@ fn etcd_material_read_through_node_access_reaches_the_members() {
     let e = rt.block_on(reachable_target(endpoints, tls)).unwrap_err();
     assert!(e.contains("did not answer"), "{e}");
 }
+
+/// `recover` with a kubeconfig also looks for leftover access pods; an API that does not
+/// answer is reported (not silently passed), and the ledger part still runs.
+#[test]
+fn recover_with_a_kubeconfig_reports_access_pods_it_could_not_delete() {
+    let d = tempfile::tempdir().unwrap();
+    let kc = d.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:9\"}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: ctx, context: {cluster: c, user: u}}]\ncurrent-context: ctx\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_hadrill"))
+        .env("HADRILL_LEDGER", d.path().join("ledger"))
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .arg("recover")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("holds no fault"), "{}", show(&o));
+    assert!(out.contains("could not delete the node access pods in kube-system: "), "{}", show(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    // without a kubeconfig nothing is asked of any API
+    let o = Command::new(env!("CARGO_BIN_EXE_hadrill")).env("HADRILL_LEDGER", d.path().join("ledger")).arg("recover").env_remove("KUBECONFIG").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("access pods"), "{}", show(&o));
+}

@@ -49,7 +49,9 @@ impl KubeRef {
         if k.is_in_cluster() {
             KubeRef { kubeconfig: None, context: None }
         } else {
-            KubeRef { kubeconfig: Some(k.kubeconfig.clone()), context: Some(k.context.clone()) }
+            // absolute: `hadrill recover` may run from another directory
+            let path = std::path::absolute(&k.kubeconfig).unwrap_or_else(|_| k.kubeconfig.clone());
+            KubeRef { kubeconfig: Some(path), context: Some(k.context.clone()) }
         }
     }
 
