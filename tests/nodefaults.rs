@@ -57,7 +57,12 @@ impl Drop for Rig {
 }
 
 fn show(o: &Output) -> String {
-    format!("status {}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn suite_dir(yaml: &str) -> tempfile::TempDir {
@@ -140,7 +145,9 @@ fn node_etcd_partition_through_the_rigs_node_access() {
 #[test]
 fn e2e_node_faults_on_a_real_cluster() {
     let Some(kubeconfig) = std::env::var_os("HADRILL_E2E_KUBECONFIG") else {
-        eprintln!("skipped: HADRILL_E2E_KUBECONFIG is not set (a kubeconfig of a disposable HA cluster with node access)");
+        eprintln!(
+            "skipped: HADRILL_E2E_KUBECONFIG is not set (a kubeconfig of a disposable HA cluster with node access)"
+        );
         return;
     };
     let ledger = tempfile::tempdir().unwrap();
@@ -183,7 +190,13 @@ cases:
     if let Some(c) = std::env::var_os("HADRILL_E2E_CONFIG") {
         cmd.arg("--config").arg(c);
     }
-    let o = cmd.arg("--suite-dir").arg(suites.path()).args(["run", "--allow-disruption", "e2enode::"]).stdin(Stdio::null()).output().unwrap();
+    let o = cmd
+        .arg("--suite-dir")
+        .arg(suites.path())
+        .args(["run", "--allow-disruption", "e2enode::"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(std::fs::read_dir(ledger.path()).unwrap().next().is_none(), "nothing left in the ledger");
 }
@@ -195,7 +208,7 @@ cases:
 fn etcd_material_read_through_node_access_reaches_the_members() {
     use hadrill::node::NodeAccess;
     use hadrill::target::discovery::EtcdClientFiles;
-    use hadrill::target::etcd_via_node::{read_tls, reachable_target};
+    use hadrill::target::etcd_via_node::{reachable_target, read_tls};
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let rig = Rig::up(3);
     let s = |p: &std::path::Path| p.display().to_string();
@@ -243,7 +256,12 @@ fn recover_with_a_kubeconfig_reports_access_pods_it_could_not_delete() {
     assert!(out.contains("could not delete the node access pods in kube-system: "), "{}", show(&o));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     // without a kubeconfig nothing is asked of any API
-    let o = Command::new(env!("CARGO_BIN_EXE_hadrill")).env("HADRILL_LEDGER", d.path().join("ledger")).arg("recover").env_remove("KUBECONFIG").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_hadrill"))
+        .env("HADRILL_LEDGER", d.path().join("ledger"))
+        .arg("recover")
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("access pods"), "{}", show(&o));
 }

@@ -62,15 +62,19 @@ pub fn from_discovery(
             None => (None, Some(format!("{node} is not a control-plane node known to discovery: no node access"))),
         }
     };
-    let node_ip = |node: &str| d.nodes.iter().find(|n| n.name == node).and_then(|n| n.internal_ip()).map(str::to_string);
+    let node_ip =
+        |node: &str| d.nodes.iter().find(|n| n.name == node).and_then(|n| n.internal_ip()).map(str::to_string);
     let mut instances = Vec::new();
     for p in &d.static_pods {
         let Some(component) = component_of(&p.component) else { continue };
         let address = match component {
             Component::Apiserver => p.flag("advertise-address").map(str::to_string),
-            Component::Etcd => p
-                .flag("advertise-client-urls")
-                .and_then(|u| u.split(',').filter_map(|u| host_port(u.trim())).map(|(h, _)| h).find(|h| h != "127.0.0.1" && h != "localhost")),
+            Component::Etcd => p.flag("advertise-client-urls").and_then(|u| {
+                u.split(',')
+                    .filter_map(|u| host_port(u.trim()))
+                    .map(|(h, _)| h)
+                    .find(|h| h != "127.0.0.1" && h != "localhost")
+            }),
             _ => None,
         }
         .or_else(|| node_ip(&p.node));
@@ -113,7 +117,11 @@ pub fn unusable(i: &Instance) -> Option<String> {
         return Some(i.access_error.clone().unwrap_or_else(|| format!("no node access to {}", i.host)));
     }
     if i.stop.is_none() {
-        return Some(i.stop_error.clone().unwrap_or_else(|| format!("{} on {} cannot be stopped", i.component.static_pod(), i.host)));
+        return Some(
+            i.stop_error
+                .clone()
+                .unwrap_or_else(|| format!("{} on {} cannot be stopped", i.component.static_pod(), i.host)),
+        );
     }
     None
 }
@@ -186,7 +194,9 @@ fn planned_fault(cp: &ControlPlane, i: &Instance, spec: &crate::suite::FaultSpec
             token,
             wait_secs: DEFAULT_WAIT_SECS,
         },
-        StopMethod::SystemdUnit { unit } => Fault::NodeUnitStop { at, unit, token, dead_man_secs: UNIT_DEAD_MAN_SECS, wait_secs: 120 },
+        StopMethod::SystemdUnit { unit } => {
+            Fault::NodeUnitStop { at, unit, token, dead_man_secs: UNIT_DEAD_MAN_SECS, wait_secs: 120 }
+        }
         StopMethod::RigProcess { .. } => return None,
     })
 }
@@ -217,12 +227,17 @@ pub fn plan_lines(cp: &ControlPlane, d: &Discovery, spec: &crate::suite::FaultSp
         InstancePick::Any => "any one, chosen with the run's seed".to_string(),
         InstancePick::Leader => format!("the leader ({})", leader_now(c)),
         InstancePick::NotLeader => format!("one that does not lead ({})", leader_now(c)),
-        InstancePick::LeaderOf(o) => format!("the one on the node of the {} leader ({})", o.static_pod(), leader_now(o)),
+        InstancePick::LeaderOf(o) => {
+            format!("the one on the node of the {} leader ({})", o.static_pod(), leader_now(o))
+        }
     };
     let all = cp.of(c);
     let mut out = vec![format!("where: {how}; {} {} instance(s) found", all.len(), c.static_pod())];
     for i in all {
-        match unusable(i).map(Err).unwrap_or_else(|| planned_fault(cp, i, spec).ok_or_else(|| "no stop method".to_string())) {
+        match unusable(i)
+            .map(Err)
+            .unwrap_or_else(|| planned_fault(cp, i, spec).ok_or_else(|| "no stop method".to_string()))
+        {
             Ok(f) => out.push(format!("{}: {} → revert: {}", i.host, f.describe(), f.revert_plan())),
             Err(why) => out.push(format!("{}: cannot be faulted: {why}", i.host)),
         }
@@ -238,8 +253,10 @@ pub async fn plan_report(
     node_access: Option<&crate::node::select::NodeAccessConfig>,
 ) -> Result<(String, ControlPlane, Discovery), crate::target::discovery::DiscoveryError> {
     use crate::target::discovery::{discover, plan_text, DiscoveryError};
-    let client = kube::Client::try_from(k.config.clone())
-        .map_err(|e| DiscoveryError::Client { path: k.kubeconfig.display().to_string(), message: crate::exit::chain(&e) })?;
+    let client = kube::Client::try_from(k.config.clone()).map_err(|e| DiscoveryError::Client {
+        path: k.kubeconfig.display().to_string(),
+        message: crate::exit::chain(&e),
+    })?;
     let d = discover(&client, &k.server).await?;
     let cfg = node_access.cloned().unwrap_or_default();
     let access = crate::node::select::resolve_all(&cfg, &d);

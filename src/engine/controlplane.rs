@@ -76,7 +76,12 @@ async fn manifest_dirs(access: &[(String, Result<NodeAccess, String>)]) -> BTree
             match out {
                 Ok(o) => discovered::static_pod_path(&o.stdout).map(|p| (n.clone(), p)),
                 Err(e) => {
-                    tracing::info!("{n}: cannot read {}: {}; using {}", discovered::KUBELET_CONFIG, crate::exit::chain(&e), discovered::DEFAULT_MANIFEST_DIR);
+                    tracing::info!(
+                        "{n}: cannot read {}: {}; using {}",
+                        discovered::KUBELET_CONFIG,
+                        crate::exit::chain(&e),
+                        discovered::DEFAULT_MANIFEST_DIR
+                    );
                     None
                 }
             }
@@ -112,11 +117,17 @@ async fn leader_host(
         Component::ControllerManager | Component::Scheduler => {
             let lease = c.lease().expect("leader-elected");
             let Some(client) = kube else {
-                return Err(StepEnd::Skip(format!("the {} leader is read from its lease: needs a Kubernetes API (--kubeconfig)", c.static_pod())));
+                return Err(StepEnd::Skip(format!(
+                    "the {} leader is read from its lease: needs a Kubernetes API (--kubeconfig)",
+                    c.static_pod()
+                )));
             };
             let holder = lease_holder(client, lease).await.map_err(err)?;
             let Some(holder) = holder else {
-                return Err(err(format!("lease kube-system/{lease} has no holder: there is no {} leader now", c.static_pod())));
+                return Err(err(format!(
+                    "lease kube-system/{lease} has no holder: there is no {} leader now",
+                    c.static_pod()
+                )));
             };
             st.timeline.record("probe:lease", format!("{lease} held by {holder} before the fault"));
             Ok(holder_host(&holder).to_string())
@@ -159,7 +170,9 @@ async fn pick(
     let leader = match p {
         InstancePick::Any if c != Component::Etcd => None,
         InstancePick::LeaderOf(of) if of != c => Some(leader_host(ctx, st, cp, of, kube).await?),
-        _ if c == Component::Kubelet => return Err(err("the kubelet has no leader: pick `any` or `leader_of: <component>`")),
+        _ if c == Component::Kubelet => {
+            return Err(err("the kubelet has no leader: pick `any` or `leader_of: <component>`"))
+        }
         _ if c == Component::Etcd => {
             let role = match p {
                 InstancePick::NotLeader => MemberRole::Follower,
@@ -186,7 +199,10 @@ fn node_ref(ctx: &RunContext, i: &Instance) -> Result<NodeRef, StepEnd> {
     let access = i.access.clone().ok_or_else(|| StepEnd::Skip(discovered::unusable(i).unwrap_or_default()))?;
     let kube = ctx.target.kube.as_ref().map(KubeRef::of);
     if matches!(access, NodeAccess::Pod { .. }) && kube.is_none() {
-        return Err(StepEnd::Skip(format!("{}: the pod node access backend needs a Kubernetes API (--kubeconfig)", i.host)));
+        return Err(StepEnd::Skip(format!(
+            "{}: the pod node access backend needs a Kubernetes API (--kubeconfig)",
+            i.host
+        )));
     }
     Ok(NodeRef { node: i.host.clone(), access, kube })
 }
@@ -248,7 +264,8 @@ fn partition_fault(ctx: &RunContext, cp: &ControlPlane, i: &Instance, dead_man: 
     let at = node_ref(ctx, i)?;
     if matches!(at.access, NodeAccess::Local { netns: None }) {
         return Err(StepEnd::Skip(
-            "needs the etcd member in a network namespace of its own: start the rig as root with --isolation netns".into(),
+            "needs the etcd member in a network namespace of its own: start the rig as root with --isolation netns"
+                .into(),
         ));
     }
     let others: Vec<&Instance> = cp.of(Component::Etcd).into_iter().filter(|o| o.host != i.host).collect();
@@ -257,7 +274,8 @@ fn partition_fault(ctx: &RunContext, cp: &ControlPlane, i: &Instance, dead_man: 
     }
     let mut addrs = Vec::new();
     for o in &others {
-        addrs.push(o.address.clone().ok_or_else(|| err(format!("the etcd member on {} has no known address", o.host)))?);
+        addrs
+            .push(o.address.clone().ok_or_else(|| err(format!("the etcd member on {} has no known address", o.host)))?);
     }
     Ok(Fault::NodeEtcdPartition {
         at,
@@ -297,7 +315,8 @@ pub async fn resolve_fault(
 ) -> Result<(String, Fault), StepEnd> {
     let cp = control_plane(ctx).await?;
     Ok(match spec {
-        FaultSpec::KubeletStop { pick: p } | FaultSpec::ComponentStop { component: Component::Kubelet, pick: p, .. } => {
+        FaultSpec::KubeletStop { pick: p }
+        | FaultSpec::ComponentStop { component: Component::Kubelet, pick: p, .. } => {
             if !cp.has_kubelet {
                 return Err(StepEnd::Skip("needs a kubelet: the rig runs none".into()));
             }

@@ -57,7 +57,12 @@ impl KubeRef {
 
     pub async fn client(&self) -> Result<kube::Client, String> {
         let config = match &self.kubeconfig {
-            Some(p) => crate::target::kube::KubeTarget::load(p, self.context.as_deref()).await.map_err(|e| e.to_string())?.config,
+            Some(p) => {
+                crate::target::kube::KubeTarget::load(p, self.context.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .config
+            }
             None => kube::Config::incluster().map_err(|e| format!("in-cluster config: {}", crate::exit::chain(&e)))?,
         };
         kube::Client::try_from(config).map_err(|e| format!("build a Kubernetes client: {}", crate::exit::chain(&e)))
@@ -285,7 +290,12 @@ async fn wait_unit(at: &NodeRef, unit: &str, want_active: bool, secs: u64) -> Re
 // Network: the etcd peer partition and peer latency in the node's root namespace
 // ---------------------------------------------------------------------------------------
 
-pub fn partition_apply_script(others: &[String], peer_ports: &[u16], token: &str, dead_man_secs: u64) -> Result<String, String> {
+pub fn partition_apply_script(
+    others: &[String],
+    peer_ports: &[u16],
+    token: &str,
+    dead_man_secs: u64,
+) -> Result<String, String> {
     let rules = net::partition_rules(others, peer_ports, token);
     if rules.is_empty() {
         return Err("no other member to cut the node off from".into());
@@ -321,7 +331,13 @@ pub fn partition_revert_script(others: &[String], peer_ports: &[u16], token: &st
     Ok(s)
 }
 
-pub fn latency_apply_script(dev: &str, peer_ports: &[u16], delay_ms: u64, token: &str, dead_man_secs: u64) -> Result<String, String> {
+pub fn latency_apply_script(
+    dev: &str,
+    peer_ports: &[u16],
+    delay_ms: u64,
+    token: &str,
+    dead_man_secs: u64,
+) -> Result<String, String> {
     let d = safe(dev)?;
     let mut s = format!(
         "set -e\ncommand -v tc >/dev/null 2>&1 || {{ echo \"no tc on this node\" >&2; exit 3; }}\n{}",
@@ -430,21 +446,30 @@ pub(super) async fn apply(f: &Fault) -> Result<(), String> {
             wait_component(at, container, false, *wait_secs).await
         }
         Fault::NodeUnitStop { at, unit, token, dead_man_secs, wait_secs } => {
-            at.sh("hadrill-unit-stop", &format!("{}{}", prelude(at), unit_stop_script(unit, token, *dead_man_secs)?), CMD_TIMEOUT).await?;
+            at.sh(
+                "hadrill-unit-stop",
+                &format!("{}{}", prelude(at), unit_stop_script(unit, token, *dead_man_secs)?),
+                CMD_TIMEOUT,
+            )
+            .await?;
             wait_unit(at, unit, false, *wait_secs).await
         }
         Fault::NodeEtcdPartition { at, token, others, peer_ports, dead_man_secs, .. } => at
-            .sh("hadrill-partition", &format!("{}{}", prelude(at), partition_apply_script(others, peer_ports, token, *dead_man_secs)?), CMD_TIMEOUT)
+            .sh(
+                "hadrill-partition",
+                &format!("{}{}", prelude(at), partition_apply_script(others, peer_ports, token, *dead_man_secs)?),
+                CMD_TIMEOUT,
+            )
             .await
             .map(|_| ()),
         Fault::NodePeerLatency { at, token, dev, peer_ports, delay_ms, dead_man_secs } => {
-            let script = format!("{}{}", prelude(at), latency_apply_script(dev, peer_ports, *delay_ms, token, *dead_man_secs)?);
+            let script =
+                format!("{}{}", prelude(at), latency_apply_script(dev, peer_ports, *delay_ms, token, *dead_man_secs)?);
             match at.sh("hadrill-latency", &script, CMD_TIMEOUT).await {
                 Ok(_) => Ok(()),
-                Err(e) if e.contains("qdisc kind is unknown") || e.contains("Specified qdisc not found") => Err(format!(
-                    "{}: this kernel has no tc netem/prio support (sch_netem, sch_prio): {e}",
-                    at.node
-                )),
+                Err(e) if e.contains("qdisc kind is unknown") || e.contains("Specified qdisc not found") => {
+                    Err(format!("{}: this kernel has no tc netem/prio support (sch_netem, sch_prio): {e}", at.node))
+                }
                 Err(e) => Err(e),
             }
         }

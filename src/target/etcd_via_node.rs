@@ -17,7 +17,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const REACH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Reads one PEM file on the node. `what` names it in errors.
-async fn read_pem(access: &NodeAccess, kube: Option<&kube::Client>, path: &str, what: &str, marker: &str) -> Result<Vec<u8>, String> {
+async fn read_pem(
+    access: &NodeAccess,
+    kube: Option<&kube::Client>,
+    path: &str,
+    what: &str,
+    marker: &str,
+) -> Result<Vec<u8>, String> {
     let out = access
         .exec_with(kube, &["cat", path], READ_TIMEOUT)
         .await
@@ -29,7 +35,11 @@ async fn read_pem(access: &NodeAccess, kube: Option<&kube::Client>, path: &str, 
 }
 
 /// The CA bundle, client certificate and key named by `files`, read on their node.
-pub async fn read_tls(access: &NodeAccess, kube: Option<&kube::Client>, files: &EtcdClientFiles) -> Result<TlsMaterial, String> {
+pub async fn read_tls(
+    access: &NodeAccess,
+    kube: Option<&kube::Client>,
+    files: &EtcdClientFiles,
+) -> Result<TlsMaterial, String> {
     let ca_pem = read_pem(access, kube, &files.ca, "CA bundle", "-----BEGIN CERTIFICATE-----").await?;
     let (cert_pem, key_pem) = match (&files.cert, &files.key) {
         (Some(c), Some(k)) => (
@@ -53,20 +63,18 @@ pub async fn reachable_target(endpoints: Vec<String>, tls: TlsMaterial) -> Resul
 }
 
 /// Where the client material is read and through which access, from a discovery.
-pub fn source(d: &Discovery, cfg: &crate::node::select::NodeAccessConfig) -> Result<(EtcdClientFiles, NodeAccess), String> {
+pub fn source(
+    d: &Discovery,
+    cfg: &crate::node::select::NodeAccessConfig,
+) -> Result<(EtcdClientFiles, NodeAccess), String> {
     if d.etcd.topology == EtcdTopologyKind::Unknown || d.etcd.endpoints.is_empty() {
         return Err(format!("no etcd endpoints found: {}", d.etcd.reason));
     }
-    let files = d
-        .etcd
-        .client_tls
-        .clone()
-        .ok_or("the apiservers' flags name no etcd client certificate (--etcd-cafile)")?;
-    let node = d
-        .nodes
-        .iter()
-        .find(|n| n.name == files.node)
-        .ok_or_else(|| format!("node {} (whose apiserver names the etcd client files) is not a control-plane node", files.node))?;
+    let files =
+        d.etcd.client_tls.clone().ok_or("the apiservers' flags name no etcd client certificate (--etcd-cafile)")?;
+    let node = d.nodes.iter().find(|n| n.name == files.node).ok_or_else(|| {
+        format!("node {} (whose apiserver names the etcd client files) is not a control-plane node", files.node)
+    })?;
     let access = crate::node::select::resolve(cfg, node)?;
     Ok((files, access))
 }
@@ -119,7 +127,10 @@ mod tests {
         EtcdClientFiles {
             node: "cp-1".into(),
             ca: w("ca.crt", "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"),
-            cert: Some(w("apiserver-etcd-client.crt", "-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n")),
+            cert: Some(w(
+                "apiserver-etcd-client.crt",
+                "-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n",
+            )),
             key: Some(w("apiserver-etcd-client.key", key)),
         }
     }
@@ -151,7 +162,8 @@ mod tests {
     #[test]
     fn the_files_come_from_the_apiserver_flags_and_the_node_access_of_its_node() {
         let d = fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.10:6443");
-        let cfg: crate::node::select::NodeAccessConfig = serde_saphyr::from_str("backend: ssh\nssh:\n  user: root\n").unwrap();
+        let cfg: crate::node::select::NodeAccessConfig =
+            serde_saphyr::from_str("backend: ssh\nssh:\n  user: root\n").unwrap();
         let (files, access) = source(&d, &cfg).unwrap();
         assert_eq!(files.ca, "/etc/kubernetes/pki/etcd/ca.crt");
         assert_eq!(files.key.as_deref(), Some("/etc/kubernetes/pki/apiserver-etcd-client.key"));

@@ -93,7 +93,10 @@ async fn partition_on_the_node_puts_tagged_rules_and_revert_removes_exactly_them
     assert_eq!(l.entries().unwrap().len(), 1, "journaled");
     g.revert().await.expect("revert");
     assert!(tagged(&ns.name, &token).is_empty(), "{}", save(&ns.name));
-    assert!(save(&ns.name).contains("-A INPUT -s 10.99.0.2/32 -p tcp -m tcp --dport 2380 -j ACCEPT"), "the foreign rule stays");
+    assert!(
+        save(&ns.name).contains("-A INPUT -s 10.99.0.2/32 -p tcp -m tcp --dport 2380 -j ACCEPT"),
+        "the foreign rule stays"
+    );
     wait_for("the dead-man timer is gone after the revert", 5, || !net::deadman_running(&token)).await;
     assert!(l.entries().unwrap().is_empty());
     // reverting again (as `recover` would after a crash mid-revert) succeeds and changes nothing
@@ -205,13 +208,17 @@ async fn a_static_pod_is_stopped_by_parking_its_manifest_and_comes_back() {
     let name = format!("hdfake-{:08x}", rand::random::<u32>());
     let (f, manifest, parking) = static_pod(dir.path(), &name, 10);
     let _k = FakeKubelet::start(manifest.clone(), name.clone(), true);
-    wait_for("the stand-in component runs", 5, || Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()).await;
+    wait_for("the stand-in component runs", 5, || {
+        Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()
+    })
+    .await;
     assert!(running(&name).await);
     let l = ledger(dir.path());
     let g = fault::inject(&l, f.clone()).await.expect("inject");
     // the manifest is parked with the token in its name, and the component is gone
     assert!(!manifest.exists());
-    let parked: Vec<_> = std::fs::read_dir(&parking).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let parked: Vec<_> =
+        std::fs::read_dir(&parking).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let Fault::StaticPodStop { token, .. } = &f else { unreachable!() };
     assert_eq!(parked, [format!("{name}.yaml.hadrill-{token}")]);
     assert!(!running(&name).await, "inject returns once the component is gone");
@@ -228,7 +235,10 @@ async fn a_component_that_does_not_stop_fails_the_inject_and_the_manifest_goes_b
     let name = format!("hdfake-{:08x}", rand::random::<u32>());
     let (f, manifest, _) = static_pod(dir.path(), &name, 2);
     let _k = FakeKubelet::start(manifest.clone(), name.clone(), false);
-    wait_for("the stand-in component runs", 5, || Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()).await;
+    wait_for("the stand-in component runs", 5, || {
+        Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()
+    })
+    .await;
     let l = ledger(dir.path());
     let e = fault::inject(&l, f).await.unwrap_err().to_string();
     assert!(e.contains("did not stop within 2s") && e.contains("last seen: running"), "{e}");
@@ -247,7 +257,9 @@ async fn a_missing_manifest_is_named() {
 
 #[test]
 fn unsafe_words_never_reach_a_node_script() {
-    assert!(park_script(Path::new("/etc/kubernetes/manifests/x y.yaml"), Path::new("/p"), "ab").unwrap_err().contains("refusing"));
+    assert!(park_script(Path::new("/etc/kubernetes/manifests/x y.yaml"), Path::new("/p"), "ab")
+        .unwrap_err()
+        .contains("refusing"));
     assert!(running_script("etcd; reboot").is_err());
     assert!(partition_apply_script(&["10.0.0.1$(reboot)".into()], &[2380], "ab", 5).is_err());
     assert!(unit_stop_script("kubelet'", "ab", 5).is_err());
@@ -263,7 +275,10 @@ fn the_kubelet_stop_starts_its_dead_man_before_stopping_the_unit() {
     assert!(timer < stop && fallback < stop, "{s}");
     assert!(s.contains("/bin/sh -c 'systemctl start kubelet' hadrill-deadman-00ff"), "{s}");
     let r = unit_start_script("kubelet", "00ff").unwrap();
-    assert!(r.find("systemctl stop hadrill-deadman-00ff.timer").unwrap() < r.find("systemctl start kubelet").unwrap(), "{r}");
+    assert!(
+        r.find("systemctl stop hadrill-deadman-00ff.timer").unwrap() < r.find("systemctl start kubelet").unwrap(),
+        "{r}"
+    );
 }
 
 #[test]
@@ -291,7 +306,10 @@ async fn latency_on_a_node_namespace_or_the_kernels_reason() {
     let dir = tempfile::tempdir().unwrap();
     match fault::inject(&ledger(dir.path()), f.clone()).await {
         Ok(g) => {
-            let q = Command::new("ip").args(["netns", "exec", &ns.name, "tc", "qdisc", "show", "dev", "lo"]).output().unwrap();
+            let q = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "tc", "qdisc", "show", "dev", "lo"])
+                .output()
+                .unwrap();
             assert!(String::from_utf8_lossy(&q.stdout).contains("netem"));
             g.revert().await.unwrap();
         }
@@ -317,7 +335,8 @@ async fn every_backend_carries_the_script_and_the_ssh_form_works_for_real() {
     let docker = NodeAccess::Docker { container: "kind-control-plane2".into() }.wrap(&words);
     assert_eq!(docker[..5], ["docker", "exec", "kind-control-plane2", "sh", "-c"]);
     assert_eq!(docker[5], script);
-    let pod = NodeAccess::Pod { node: "cp-2".into(), namespace: "kube-system".into(), image: "busybox".into() }.wrap(&words);
+    let pod =
+        NodeAccess::Pod { node: "cp-2".into(), namespace: "kube-system".into(), image: "busybox".into() }.wrap(&words);
     assert_eq!(pod[..11], ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "sh", "-c"]);
     assert_eq!(pod[11], script);
     let ssh = NodeAccess::Ssh {
@@ -360,7 +379,11 @@ fn node_faults_round_trip_through_the_ledger_form() {
     let j = serde_json::to_string(&f).unwrap();
     assert_eq!(serde_json::from_str::<Fault>(&j).unwrap(), f, "{j}");
     assert!(f.describe().contains("stop kube-apiserver on node cp-1"), "{}", f.describe());
-    assert!(f.revert_plan().contains("/etc/kubernetes/hadrill-parked/kube-apiserver.yaml.hadrill-abc"), "{}", f.revert_plan());
+    assert!(
+        f.revert_plan().contains("/etc/kubernetes/hadrill-parked/kube-apiserver.yaml.hadrill-abc"),
+        "{}",
+        f.revert_plan()
+    );
 }
 
 /// Through an access pod only a systemd timer outlives the pod: without systemd (as on this
@@ -370,12 +393,24 @@ async fn without_systemd_the_pod_backend_refuses_a_dead_man_that_would_die_with_
     let mut ns = Netns::new();
     let token = net::new_token();
     ns.tokens.push(token.clone());
-    let pod = NodeRef { node: "cp-1".into(), access: NodeAccess::Pod { node: "cp-1".into(), namespace: "kube-system".into(), image: "busybox".into() }, kube: None };
-    let script = format!("{}{}", prelude(&pod), partition_apply_script(&["10.99.0.2".into()], &[2380], &token, 30).unwrap());
+    let pod = NodeRef {
+        node: "cp-1".into(),
+        access: NodeAccess::Pod { node: "cp-1".into(), namespace: "kube-system".into(), image: "busybox".into() },
+        kube: None,
+    };
+    let script =
+        format!("{}{}", prelude(&pod), partition_apply_script(&["10.99.0.2".into()], &[2380], &token, 30).unwrap());
     // run it where the pod would (here: the test's namespace, no systemd)
-    let out = Command::new("ip").args(["netns", "exec", &ns.name, "sh", "-c", &script, "hadrill-partition"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", &script, "hadrill-partition"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("would die with the pod"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would die with the pod"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(tagged(&ns.name, &token).is_empty());
     assert!(!net::deadman_running(&token));
     assert_eq!(prelude(&local(None)), "");
