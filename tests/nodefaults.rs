@@ -102,6 +102,13 @@ cases:
       - probe: { etcd_status: {} }
       - inject: { node_etcd_partition: { pick: not_leader, dead_man: 120s } }
       - check: { majority_elects_new_leader: { within: 3s } }
+  - name: follower_latency_on_its_node
+    description: tc netem on a follower's node (skipped with the kernel's reason without sch_netem)
+    disruptive: true
+    requires: [etcd, { etcd_members: { min: 3 } }]
+    steps:
+      - inject: { node_peer_latency: { pick: not_leader, delay: 100ms, dead_man: 60s } }
+      - check: { writes_succeed: { within: 10s } }
   - name: kubelet_on_the_rig
     description: the rig runs no kubelet
     disruptive: true
@@ -132,6 +139,12 @@ fn node_etcd_partition_through_the_rigs_node_access() {
     assert!(text.contains("partition the etcd member on node") && text.contains("iptables rules hadrill:"), "{text}");
     let c = case(&r, "follower_partitioned_on_its_node");
     assert_eq!(c["verdict"]["status"], "failed", "{c}");
+    let c = case(&r, "follower_latency_on_its_node");
+    match c["verdict"]["status"].as_str() {
+        Some("passed") => {}
+        Some("skipped") => assert!(c["verdict"]["reason"].as_str().unwrap().contains("no tc netem/prio support"), "{c}"),
+        _ => panic!("{c}"),
+    }
     let c = case(&r, "kubelet_on_the_rig");
     assert_eq!(c["verdict"]["status"], "skipped", "{c}");
     assert_eq!(c["verdict"]["reason"], "needs a kubelet: the rig runs none", "{c}");

@@ -120,6 +120,12 @@ pub fn describe(f: &FaultSpec) -> String {
             instance_pick(*pick),
             dead_man.as_secs()
         ),
+        FaultSpec::NodePeerLatency { pick, delay, dead_man } => format!(
+            "add {} ms latency (tc netem on the node) to the peer traffic of {} etcd member, dead-man timer {}s on the node",
+            delay.as_millis(),
+            instance_pick(*pick),
+            dead_man.as_secs()
+        ),
     }
 }
 
@@ -153,5 +159,6 @@ pub fn revert(f: &FaultSpec) -> String {
         FaultSpec::NodeEtcdPartition { .. } => {
             "delete the rules on the node (or the dead-man timer on the node does, even if the API is down)".into()
         }
+        FaultSpec::NodePeerLatency { .. } => "delete the netem qdisc on the node (or the dead-man timer on the node does)".into(),
     }
 }

@@ -185,6 +185,16 @@ fn planned_fault(cp: &ControlPlane, i: &Instance, spec: &crate::suite::FaultSpec
             dead_man_secs: dead_man.as_secs().max(1),
         });
     }
+    if let crate::suite::FaultSpec::NodePeerLatency { delay, dead_man, .. } = spec {
+        return Some(Fault::NodePeerLatency {
+            at,
+            token,
+            dev: "<the interface towards the peers>".into(),
+            peer_ports: vec![2380],
+            delay_ms: delay.as_millis() as u64,
+            dead_man_secs: dead_man.as_secs().max(1),
+        });
+    }
     Some(match i.stop.clone()? {
         StopMethod::StaticPodManifest { manifest, parking_dir } => Fault::StaticPodStop {
             at,
@@ -209,7 +219,7 @@ pub fn plan_lines(cp: &ControlPlane, d: &Discovery, spec: &crate::suite::FaultSp
     let (c, p) = match spec {
         FaultSpec::KubeletStop { pick } => (Component::Kubelet, *pick),
         FaultSpec::ComponentStop { component, pick, .. } => (*component, *pick),
-        FaultSpec::NodeEtcdPartition { pick, .. } => (Component::Etcd, *pick),
+        FaultSpec::NodeEtcdPartition { pick, .. } | FaultSpec::NodePeerLatency { pick, .. } => (Component::Etcd, *pick),
         _ => return Vec::new(),
     };
     let lease_node = |c: Component| {

@@ -287,6 +287,31 @@ fn partition_fault(ctx: &RunContext, cp: &ControlPlane, i: &Instance, dead_man: 
     })
 }
 
+async fn latency_fault(
+    ctx: &RunContext,
+    cp: &ControlPlane,
+    i: &Instance,
+    delay: Duration,
+    dead_man: Duration,
+) -> Result<Fault, StepEnd> {
+    let at = node_ref(ctx, i)?;
+    let peer = cp
+        .of(Component::Etcd)
+        .into_iter()
+        .filter(|o| o.host != i.host)
+        .find_map(|o| o.address.clone())
+        .ok_or_else(|| StepEnd::Skip("needs at least two etcd members with known addresses".into()))?;
+    let dev = crate::fault::node::dev_towards(&at, &peer).await.map_err(err)?;
+    Ok(Fault::NodePeerLatency {
+        at,
+        token: net::new_token(),
+        dev,
+        peer_ports: peer_ports(ctx),
+        delay_ms: delay.as_millis() as u64,
+        dead_man_secs: dead_man.as_secs().max(1),
+    })
+}
+
 /// `inject` steps of the control-plane fault specs.
 pub async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Result<(), StepEnd> {
     let kube = kube_client(ctx)?;
@@ -295,6 +320,8 @@ pub async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> R
     st.timeline.record("fault", format!("injecting: {}", f.describe()));
     let g = match fault::inject(&ctx.ledger, f).await {
         Ok(g) => g,
+        // the kernel cannot do it: a skip with the kernel's reason, like the rig's latency
+        Err(e) if crate::exit::chain(&e).contains("no tc netem") => return Err(StepEnd::Skip(crate::exit::chain(&e))),
         Err(e) => return Err(err(crate::exit::chain(&e))),
     };
     st.last_fault_at = Some(Instant::now());
@@ -343,6 +370,16 @@ pub async fn resolve_fault(
             }
             let i = pick(ctx, st, cp, Component::Etcd, *p, kube).await?;
             (i.host.clone(), partition_fault(ctx, cp, &i, *dead_man)?)
+        }
+        FaultSpec::NodePeerLatency { pick: p, delay, dead_man } => {
+            if cp.of(Component::Etcd).is_empty() {
+                return Err(StepEnd::Skip(format!(
+                    "needs etcd members on the control-plane nodes (stacked etcd); {} has none",
+                    cp.source
+                )));
+            }
+            let i = pick(ctx, st, cp, Component::Etcd, *p, kube).await?;
+            (i.host.clone(), latency_fault(ctx, cp, &i, *delay, *dead_man).await?)
         }
         other => return Err(err(format!("not a control-plane fault: {other:?}"))),
     })

@@ -157,7 +157,11 @@ pub async fn pick_members(
 }
 
 async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Result<(), StepEnd> {
-    if let FaultSpec::KubeletStop { .. } | FaultSpec::ComponentStop { .. } | FaultSpec::NodeEtcdPartition { .. } = spec {
+    if let FaultSpec::KubeletStop { .. }
+    | FaultSpec::ComponentStop { .. }
+    | FaultSpec::NodeEtcdPartition { .. }
+    | FaultSpec::NodePeerLatency { .. } = spec
+    {
         return super::controlplane::inject(ctx, spec, st).await;
     }
     let Some(rig) = ctx.target.rig.clone() else {
