@@ -142,7 +142,9 @@ fn node_etcd_partition_through_the_rigs_node_access() {
     let c = case(&r, "follower_latency_on_its_node");
     match c["verdict"]["status"].as_str() {
         Some("passed") => {}
-        Some("skipped") => assert!(c["verdict"]["reason"].as_str().unwrap().contains("no tc netem/prio support"), "{c}"),
+        Some("skipped") => {
+            assert!(c["verdict"]["reason"].as_str().unwrap().contains("no tc netem/prio support"), "{c}")
+        }
         _ => panic!("{c}"),
     }
     let c = case(&r, "kubelet_on_the_rig");
@@ -277,4 +279,56 @@ fn recover_with_a_kubeconfig_reports_access_pods_it_could_not_delete() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("access pods"), "{}", show(&o));
+}
+
+/// A node fault left in the ledger (its run gone) is reverted by `hadrill recover` from the
+/// stored form alone: the rules tagged with its token go, the timer on the "node" goes.
+#[test]
+fn recover_reverts_a_node_partition_from_the_ledger() {
+    use hadrill::fault::node::NodeRef;
+    use hadrill::fault::{net, Fault, Ledger};
+    use hadrill::node::NodeAccess;
+    struct Ns(String, String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            net::kill_deadman(&self.1);
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let token = net::new_token();
+    let ns = Ns(format!("hdnr-{}", &token[..8]), token.clone());
+    assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+    let d = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&d.path().join("ledger")).unwrap();
+    let f = Fault::NodeEtcdPartition {
+        at: NodeRef { node: "cp-1".into(), access: NodeAccess::Local { netns: Some(ns.0.clone()) }, kube: None },
+        token: token.clone(),
+        others: vec!["10.98.0.2".into(), "10.98.0.3".into()],
+        other_names: vec!["cp-2".into(), "cp-3".into()],
+        peer_ports: vec![2380],
+        dead_man_secs: 300,
+    };
+    let g = rt().block_on(hadrill::fault::inject(&ledger, f)).unwrap();
+    std::mem::forget(g); // as if this run were SIGKILLed: nothing reverts it here
+    assert_eq!(rt().block_on(net::tagged_rules(&ns.0, Some(&token))).unwrap().len(), 4);
+    assert!(net::deadman_running(&token));
+    let o = Command::new(env!("CARGO_BIN_EXE_hadrill"))
+        .env("HADRILL_LEDGER", d.path().join("ledger"))
+        .args(["recover", "--force"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("delete every rule tagged hadrill:{token}")),
+        "{}",
+        show(&o)
+    );
+    assert!(rt().block_on(net::tagged_rules(&ns.0, Some(&token))).unwrap().is_empty());
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while net::deadman_running(&token) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!net::deadman_running(&token), "the timer is gone");
+    assert!(ledger.entries().unwrap().is_empty());
 }
