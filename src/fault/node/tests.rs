@@ -415,3 +415,50 @@ async fn without_systemd_the_pod_backend_refuses_a_dead_man_that_would_die_with_
     assert!(!net::deadman_running(&token));
     assert_eq!(prelude(&local(None)), "");
 }
+
+/// A stored `pod`-backend fault builds its client from the kubeconfig path it carries and
+/// deletes the node's access pod after the revert (here against a local HTTP stand-in of the
+/// API that records the requests and answers like the real one once the pod is gone).
+#[tokio::test]
+async fn release_deletes_the_access_pod_through_the_stored_kubeconfig() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen2 = seen.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let mut buf = vec![0u8; 8192];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string();
+            seen2.lock().unwrap().push(head.clone());
+            let body = if head.starts_with("DELETE") {
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","code":200}"#.to_string()
+            } else {
+                crate::target::discovery::tests::not_found("hadrill-node-access-cp-2", "pods")
+            };
+            let code = if head.starts_with("DELETE") { "200 OK" } else { "404 Not Found" };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\nusers: [{{name: u, user: {{token: x}}}}]\ncontexts: [{{name: lab, context: {{cluster: c, user: u}}}}]\ncurrent-context: lab\n")).unwrap();
+    let at = NodeRef {
+        node: "cp-2".into(),
+        access: NodeAccess::Pod { node: "cp-2".into(), namespace: "hadrill-system".into(), image: "busybox".into() },
+        kube: Some(KubeRef { kubeconfig: Some(kc), context: Some("lab".into()) }),
+    };
+    at.release().await.expect("release");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen[0].starts_with("DELETE /api/v1/namespaces/hadrill-system/pods/hadrill-node-access-cp-2"), "{seen:?}");
+    assert!(seen[1].starts_with("GET /api/v1/namespaces/hadrill-system/pods/hadrill-node-access-cp-2"), "{seen:?}");
+    // other backends have nothing to release and ask nothing
+    local(None).release().await.unwrap();
+    server.abort();
+}
