@@ -170,7 +170,7 @@ mod tests;
 /// The fault an instance would get, as `plan` shows it (the token is a placeholder; the
 /// kubeadm peer port).
 fn planned_fault(cp: &ControlPlane, i: &Instance, spec: &crate::suite::FaultSpec) -> Option<crate::fault::Fault> {
-    use crate::fault::node::{NodeRef, DEFAULT_WAIT_SECS, UNIT_DEAD_MAN_SECS};
+    use crate::fault::node::{NodeRef, DEFAULT_WAIT_SECS, STATIC_POD_DEAD_MAN_SECS, UNIT_DEAD_MAN_SECS};
     use crate::fault::Fault;
     let at = NodeRef { node: i.host.clone(), access: i.access.clone()?, kube: None };
     let token = "<token>".to_string();
@@ -203,6 +203,7 @@ fn planned_fault(cp: &ControlPlane, i: &Instance, spec: &crate::suite::FaultSpec
             parking_dir,
             token,
             wait_secs: DEFAULT_WAIT_SECS,
+            dead_man_secs: STATIC_POD_DEAD_MAN_SECS,
         },
         StopMethod::SystemdUnit { unit } => {
             Fault::NodeUnitStop { at, unit, token, dead_man_secs: UNIT_DEAD_MAN_SECS, wait_secs: 120 }

@@ -12,7 +12,7 @@ use kube::api::Api;
 use super::{CaseState, RunContext, StepEnd};
 use crate::controlplane::discovered::{self, choose};
 use crate::controlplane::{holder_host, Component, ControlPlane, Instance, InstancePick, StopMethod};
-use crate::fault::node::{KubeRef, NodeRef, DEFAULT_WAIT_SECS, UNIT_DEAD_MAN_SECS};
+use crate::fault::node::{KubeRef, NodeRef, DEFAULT_WAIT_SECS, STATIC_POD_DEAD_MAN_SECS, UNIT_DEAD_MAN_SECS};
 use crate::fault::{self, net, Fault};
 use crate::node::NodeAccess;
 use crate::suite::{FaultSpec, MemberRole, StopSignal};
@@ -228,6 +228,7 @@ fn stop_fault(ctx: &RunContext, i: &Instance, signal: StopSignal) -> Result<Faul
             parking_dir,
             token: net::new_token(),
             wait_secs: DEFAULT_WAIT_SECS,
+            dead_man_secs: STATIC_POD_DEAD_MAN_SECS,
         },
         StopMethod::SystemdUnit { unit } => {
             let at = node_ref(ctx, i)?;

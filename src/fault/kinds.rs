@@ -41,8 +41,17 @@ pub enum Fault {
     RigProcessStop { rig_dir: PathBuf, name: String, pid: i32, start_time: u64, signal: StopSignal },
     /// Stop a static pod on a node by moving its manifest into `parking_dir` (the kubelet
     /// stops the pod) and waiting until `container` is gone; revert moves it back and waits
-    /// until it runs again.
-    StaticPodStop { at: NodeRef, container: String, manifest: PathBuf, parking_dir: PathBuf, token: String, wait_secs: u64 },
+    /// until it runs again. A dead-man on the node moves it back after `dead_man_secs` (0: none).
+    StaticPodStop {
+        at: NodeRef,
+        container: String,
+        manifest: PathBuf,
+        parking_dir: PathBuf,
+        token: String,
+        wait_secs: u64,
+        #[serde(default)]
+        dead_man_secs: u64,
+    },
     /// `systemctl stop` a unit on a node (the kubelet), with a dead-man on the node that
     /// starts it again; revert starts it and waits until it is active.
     NodeUnitStop { at: NodeRef, unit: String, token: String, dead_man_secs: u64, wait_secs: u64 },

@@ -34,6 +34,8 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 pub const DEFAULT_WAIT_SECS: u64 = 180;
 /// The dead-man of a stopped unit (the kubelet): started again on the node after this long.
 pub const UNIT_DEAD_MAN_SECS: u64 = 600;
+/// The dead-man of a parked static-pod manifest: moved back on the node after this long.
+pub const STATIC_POD_DEAD_MAN_SECS: u64 = 600;
 
 /// How a revert builds a Kubernetes client for the `pod` backend: a kubeconfig and context,
 /// or the in-cluster service account when `kubeconfig` is None.
@@ -171,15 +173,22 @@ fn p(path: &Path) -> Result<String, String> {
     safe(&path.display().to_string()).map(str::to_string)
 }
 
-pub fn park_script(manifest: &Path, parking_dir: &Path, token: &str) -> Result<String, String> {
+/// Parks the manifest; with `dead_man_secs` > 0 a timer on the node first arranges for it to
+/// be moved back after that long (unless something is in its place by then).
+pub fn park_script(manifest: &Path, parking_dir: &Path, token: &str, dead_man_secs: u64) -> Result<String, String> {
     let (m, d, k) = (p(manifest)?, p(parking_dir)?, p(&parked_path(manifest, parking_dir, token))?);
+    let timer = if dead_man_secs > 0 {
+        deadman_start(token, dead_man_secs, &format!("if [ -e {k} ] && [ ! -e {m} ]; then mv {k} {m}; fi"))?
+    } else {
+        String::new()
+    };
     Ok(format!(
         r#"set -e
 [ -e {m} ] || {{ echo "the manifest {m} is not there (is the component a static pod of this node?)" >&2; exit 3; }}
 [ ! -e {k} ] || {{ echo "{k} exists already" >&2; exit 3; }}
 mkdir -p {d}
 chmod 700 {d}
-mv {m} {k}
+{timer}mv {m} {k}
 "#
     ))
 }
@@ -187,12 +196,13 @@ mv {m} {k}
 pub fn unpark_script(manifest: &Path, parking_dir: &Path, token: &str) -> Result<String, String> {
     let (m, k) = (p(manifest)?, p(&parked_path(manifest, parking_dir, token))?);
     Ok(format!(
-        r#"if [ -e {k} ]; then
+        r#"{kill}if [ -e {k} ]; then
   [ ! -e {m} ] || {{ echo "both {m} and {k} exist: not overwriting the manifest" >&2; exit 3; }}
   mv {k} {m}
 fi
 [ -e {m} ] || {{ echo "neither {m} nor {k} exists" >&2; exit 3; }}
-"#
+"#,
+        kill = deadman_kill(token)?
     ))
 }
 
@@ -375,11 +385,12 @@ pub async fn dev_towards(at: &NodeRef, ip: &str) -> Result<String, String> {
 
 pub(super) fn describe(f: &Fault) -> String {
     match f {
-        Fault::StaticPodStop { at, container, manifest, .. } => format!(
-            "stop {container} on node {} (static pod: move {} aside, via {})",
+        Fault::StaticPodStop { at, container, manifest, dead_man_secs, .. } => format!(
+            "stop {container} on node {} (static pod: move {} aside, via {}{})",
             at.node,
             manifest.display(),
-            at.access.describe()
+            at.access.describe(),
+            if *dead_man_secs > 0 { format!("; dead-man on the node {dead_man_secs}s") } else { String::new() }
         ),
         Fault::NodeUnitStop { at, unit, dead_man_secs, .. } => format!(
             "stop the {unit} unit on node {} (systemctl stop, via {}; dead-man on the node {dead_man_secs}s)",
@@ -405,10 +416,11 @@ pub(super) fn describe(f: &Fault) -> String {
 pub(super) fn revert_plan(f: &Fault) -> String {
     match f {
         Fault::StaticPodStop { at, manifest, parking_dir, token, container, .. } => format!(
-            "move {} back to {} on {} and wait until {container} runs",
+            "stop the dead-man {} on {}, move {} back to {} and wait until {container} runs",
+            net::deadman_tag(token),
+            at.node,
             parked_path(manifest, parking_dir, token).display(),
-            manifest.display(),
-            at.node
+            manifest.display()
         ),
         Fault::NodeUnitStop { at, unit, token, .. } => format!(
             "stop the dead-man {} on {}, systemctl start {unit}, wait until it is active",
@@ -441,8 +453,9 @@ fn prelude(at: &NodeRef) -> &'static str {
 
 pub(super) async fn apply(f: &Fault) -> Result<(), String> {
     match f {
-        Fault::StaticPodStop { at, container, manifest, parking_dir, token, wait_secs } => {
-            at.sh("hadrill-park", &park_script(manifest, parking_dir, token)?, CMD_TIMEOUT).await?;
+        Fault::StaticPodStop { at, container, manifest, parking_dir, token, wait_secs, dead_man_secs } => {
+            let script = format!("{}{}", prelude(at), park_script(manifest, parking_dir, token, *dead_man_secs)?);
+            at.sh("hadrill-park", &script, CMD_TIMEOUT).await?;
             wait_component(at, container, false, *wait_secs).await
         }
         Fault::NodeUnitStop { at, unit, token, dead_man_secs, wait_secs } => {
@@ -481,7 +494,7 @@ pub(super) async fn apply(f: &Fault) -> Result<(), String> {
 /// deleted once the node is healed.
 pub(super) async fn revert(f: &Fault) -> Result<(), String> {
     let at = match f {
-        Fault::StaticPodStop { at, container, manifest, parking_dir, token, wait_secs } => {
+        Fault::StaticPodStop { at, container, manifest, parking_dir, token, wait_secs, .. } => {
             at.sh("hadrill-unpark", &unpark_script(manifest, parking_dir, token)?, CMD_TIMEOUT).await?;
             wait_component(at, container, true, *wait_secs).await?;
             at

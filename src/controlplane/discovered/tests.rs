@@ -150,7 +150,7 @@ fn plan_names_every_candidate_its_access_the_action_and_the_revert() {
     };
     let l = plan_lines(&c, &d, &spec);
     assert_eq!(l[0], "where: the leader (now cp-1, the kube-scheduler lease holder; read again at injection); 3 kube-scheduler instance(s) found");
-    assert!(l[1].starts_with("cp-1: stop kube-scheduler on node cp-1 (static pod: move /etc/kubernetes/manifests/kube-scheduler.yaml aside, via ssh root@10.0.0.11) → revert: move /etc/kubernetes/hadrill-parked/kube-scheduler.yaml.hadrill-<token> back"), "{l:?}");
+    assert!(l[1].starts_with("cp-1: stop kube-scheduler on node cp-1 (static pod: move /etc/kubernetes/manifests/kube-scheduler.yaml aside, via ssh root@10.0.0.11; dead-man on the node 600s) → revert: stop the dead-man hadrill-deadman-<token> on cp-1, move /etc/kubernetes/hadrill-parked/kube-scheduler.yaml.hadrill-<token> back"), "{l:?}");
     assert!(l[3].contains("via privileged pod on node cp-3"), "{l:?}");
     let k = plan_lines(&c, &d, &FaultSpec::KubeletStop { pick: InstancePick::LeaderOf(Component::ControllerManager) });
     assert!(k[0].contains("the node of the kube-controller-manager leader (now cp-2"), "{k:?}");

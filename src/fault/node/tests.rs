@@ -181,7 +181,7 @@ impl Drop for FakeKubelet {
     }
 }
 
-fn static_pod(dir: &Path, name: &str, wait_secs: u64) -> (Fault, PathBuf, PathBuf) {
+fn static_pod(dir: &Path, name: &str, wait_secs: u64, dead_man_secs: u64) -> (Fault, PathBuf, PathBuf) {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     let manifest = manifests.join(format!("{name}.yaml"));
@@ -194,6 +194,7 @@ fn static_pod(dir: &Path, name: &str, wait_secs: u64) -> (Fault, PathBuf, PathBu
         parking_dir: parking.clone(),
         token: net::new_token(),
         wait_secs,
+        dead_man_secs,
     };
     (f, manifest, parking)
 }
@@ -206,7 +207,7 @@ async fn running(name: &str) -> bool {
 async fn a_static_pod_is_stopped_by_parking_its_manifest_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("hdfake-{:08x}", rand::random::<u32>());
-    let (f, manifest, parking) = static_pod(dir.path(), &name, 10);
+    let (f, manifest, parking) = static_pod(dir.path(), &name, 10, 60);
     let _k = FakeKubelet::start(manifest.clone(), name.clone(), true);
     wait_for("the stand-in component runs", 5, || {
         Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()
@@ -222,7 +223,9 @@ async fn a_static_pod_is_stopped_by_parking_its_manifest_and_comes_back() {
     let Fault::StaticPodStop { token, .. } = &f else { unreachable!() };
     assert_eq!(parked, [format!("{name}.yaml.hadrill-{token}")]);
     assert!(!running(&name).await, "inject returns once the component is gone");
+    assert!(net::deadman_running(token), "the dead-man waits on the node");
     g.revert().await.expect("revert");
+    wait_for("the dead-man is stopped by the revert", 5, || !net::deadman_running(token)).await;
     assert!(manifest.exists() && std::fs::read_dir(&parking).unwrap().next().is_none());
     assert!(running(&name).await, "revert returns once the component runs again");
     f.revert().await.expect("reverting twice succeeds");
@@ -233,23 +236,25 @@ async fn a_static_pod_is_stopped_by_parking_its_manifest_and_comes_back() {
 async fn a_component_that_does_not_stop_fails_the_inject_and_the_manifest_goes_back() {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("hdfake-{:08x}", rand::random::<u32>());
-    let (f, manifest, _) = static_pod(dir.path(), &name, 2);
+    let (f, manifest, _) = static_pod(dir.path(), &name, 2, 60);
     let _k = FakeKubelet::start(manifest.clone(), name.clone(), false);
     wait_for("the stand-in component runs", 5, || {
         Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()
     })
     .await;
     let l = ledger(dir.path());
+    let Fault::StaticPodStop { token, .. } = f.clone() else { unreachable!() };
     let e = fault::inject(&l, f).await.unwrap_err().to_string();
     assert!(e.contains("did not stop within 2s") && e.contains("last seen: running"), "{e}");
     assert!(manifest.exists(), "the failed inject moved the manifest back");
+    wait_for("its dead-man is stopped", 5, || !net::deadman_running(&token)).await;
     assert!(l.entries().unwrap().is_empty(), "and cleared its ledger entry");
 }
 
 #[tokio::test]
 async fn a_missing_manifest_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (f, manifest, _) = static_pod(dir.path(), "hdfake-none", 2);
+    let (f, manifest, _) = static_pod(dir.path(), "hdfake-none", 2, 0);
     std::fs::remove_file(&manifest).unwrap();
     let e = super::apply(&f).await.unwrap_err();
     assert!(e.contains("is not there") && e.contains(&manifest.display().to_string()), "{e}");
@@ -257,7 +262,7 @@ async fn a_missing_manifest_is_named() {
 
 #[test]
 fn unsafe_words_never_reach_a_node_script() {
-    assert!(park_script(Path::new("/etc/kubernetes/manifests/x y.yaml"), Path::new("/p"), "ab")
+    assert!(park_script(Path::new("/etc/kubernetes/manifests/x y.yaml"), Path::new("/p"), "ab", 0)
         .unwrap_err()
         .contains("refusing"));
     assert!(running_script("etcd; reboot").is_err());
@@ -375,6 +380,7 @@ fn node_faults_round_trip_through_the_ledger_form() {
         parking_dir: "/etc/kubernetes/hadrill-parked".into(),
         token: "abc".into(),
         wait_secs: 180,
+        dead_man_secs: 600,
     };
     let j = serde_json::to_string(&f).unwrap();
     assert_eq!(serde_json::from_str::<Fault>(&j).unwrap(), f, "{j}");
@@ -461,4 +467,27 @@ async fn release_deletes_the_access_pod_through_the_stored_kubeconfig() {
     // other backends have nothing to release and ask nothing
     local(None).release().await.unwrap();
     server.abort();
+}
+
+#[tokio::test]
+async fn a_parked_manifest_comes_back_by_the_dead_man_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("hdfake-{:08x}", rand::random::<u32>());
+    let (f, manifest, _) = static_pod(dir.path(), &name, 10, 2);
+    let _k = FakeKubelet::start(manifest.clone(), name.clone(), true);
+    wait_for("the stand-in component runs", 5, || {
+        Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()
+    })
+    .await;
+    super::apply(&f).await.expect("apply");
+    assert!(!manifest.exists());
+    // never reverted (as after a SIGKILL): the timer on the node moves it back
+    wait_for("the dead-man moved the manifest back", 15, || manifest.exists()).await;
+    let Fault::StaticPodStop { token, .. } = &f else { unreachable!() };
+    wait_for("the dead-man exited", 5, || !net::deadman_running(token)).await;
+    wait_for("the component runs again", 5, || {
+        Command::new("pgrep").args(["-f", &format!("^{name} ")]).output().unwrap().status.success()
+    })
+    .await;
+    f.revert().await.expect("a revert after the dead-man fired succeeds");
 }
