@@ -87,7 +87,7 @@ cases:
       - probe: { etcd_writes: { per_second: 20, timeout: 2s } }
       - await: { acknowledged_writes: { count: 10, within: 10s } }
       - inject: { node_etcd_partition: { pick: leader, dead_man: 120s } }
-      - check: { majority_elects_new_leader: { within: 5s } }
+      - check: { majority_elects_new_leader: { within: 10s } }
       - check: isolated_leader_refuses_writes
       - heal
       - await: { leader: { within: 15s } }
@@ -139,6 +139,8 @@ fn node_etcd_partition_through_the_rigs_node_access() {
     assert!(text.contains("partition the etcd member on node") && text.contains("iptables rules hadrill:"), "{text}");
     let c = case(&r, "follower_partitioned_on_its_node");
     assert_eq!(c["verdict"]["status"], "failed", "{c}");
+    let m = c["verdict"]["message"].as_str().unwrap();
+    assert!(m.contains("did not agree on a new leader other than"), "{m}");
     let c = case(&r, "follower_latency_on_its_node");
     match c["verdict"]["status"].as_str() {
         Some("passed") => {}

@@ -88,10 +88,16 @@ impl NodeRef {
             (NodeAccess::Pod { .. }, Some(k)) => Some(k.client().await.map_err(|e| format!("{}: {e}", self.node))?),
             _ => None,
         };
-        self.access
-            .exec_with(client.as_ref(), &["sh", "-c", script, purpose], timeout)
-            .await
-            .map_err(|e| crate::exit::chain(&e))
+        // errors name the step by its purpose, not by the whole script
+        self.access.exec_with(client.as_ref(), &["sh", "-c", script, purpose], timeout).await.map_err(|e| match e {
+            crate::node::NodeError::Failed { node, status, stderr, .. } => {
+                format!("{node}: {purpose} exited with {status}: {stderr}")
+            }
+            crate::node::NodeError::Timeout { node, timeout, .. } => {
+                format!("{node}: {purpose} did not finish within {timeout:?}")
+            }
+            other => crate::exit::chain(&other),
+        })
     }
 
     /// Deletes the access pod after a revert (the `pod` backend only; others do nothing).
