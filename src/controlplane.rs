@@ -6,6 +6,8 @@
 //! each in a namespace of its own). Suites name a [`Component`] and an [`InstancePick`]; the
 //! engine resolves them here into a host and a [`StopMethod`], and the fault kinds act on that.
 
+pub mod discovered;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};

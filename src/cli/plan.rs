@@ -32,9 +32,10 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
         }
         None => println!("target: (none configured; plan shows the cases only)"),
     }
+    let mut cluster = None;
     if let Some(k) = t.as_ref().and_then(|t| t.kube.as_ref()) {
-        let text = rt
-            .block_on(crate::target::discovery::plan_report(k, resolved.config.node_access.as_ref()))
+        let (text, cp, d) = rt
+            .block_on(crate::controlplane::discovered::plan_report(k, resolved.config.node_access.as_ref()))
             .map_err(|e| {
                 let m = format!("Kubernetes API {} (context {}): cannot discover the control plane: {}", k.server, k.context, crate::exit::chain(&e));
                 if e.is_permission() {
@@ -44,6 +45,7 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
                 }
             })?;
         print!("{text}");
+        cluster = Some((cp, d));
     }
     println!();
     let mut faults = 0;
@@ -59,6 +61,11 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
             faults += 1;
             println!("    inject: {} via {access}", describe(f));
             println!("    revert: {}", revert(f));
+            if let Some((cp, d)) = cluster.as_ref().filter(|_| t.as_ref().is_some_and(|t| t.rig.is_none())) {
+                for line in crate::controlplane::discovered::plan_lines(cp, d, f) {
+                    println!("      {line}");
+                }
+            }
         }
         for line in w {
             println!("    writes: {line}");
@@ -147,6 +154,12 @@ pub fn describe(f: &FaultSpec) -> String {
             "replace the serving certificate (apiserver.crt) of {} kube-apiserver by an expired copy signed by the cluster CA",
             instance_pick(*pick)
         ),
+        FaultSpec::NodePeerLatency { pick, delay, dead_man } => format!(
+            "add {} ms latency (tc netem on the node) to the peer traffic of {} etcd member, dead-man timer {}s on the node",
+            delay.as_millis(),
+            instance_pick(*pick),
+            dead_man.as_secs()
+        ),
     }
 }
 
@@ -183,5 +196,6 @@ pub fn revert(f: &FaultSpec) -> String {
         FaultSpec::ApiserverCertExpired { .. } => {
             "copy the backed-up apiserver.crt back over it, byte for byte (the apiserver reloads it)".into()
         }
+        FaultSpec::NodePeerLatency { .. } => "delete the netem qdisc on the node (or the dead-man timer on the node does)".into(),
     }
 }

@@ -19,12 +19,15 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
     let dir = g.ledger.clone().unwrap_or_else(Ledger::default_dir);
     let ledger = Ledger::open(&dir).map_err(|e| Fatal::usage(e.to_string()))?;
     let entries = ledger.entries().map_err(|e| Fatal::usage(e.to_string()))?;
-    if entries.is_empty() {
-        println!("hadrill recover: the ledger {} holds no fault: nothing to revert", dir.display());
-        return Ok(Code::Ok);
-    }
     let rt = super::runtime()?;
     let mut failed = 0;
+    if entries.is_empty() {
+        println!("hadrill recover: the ledger {} holds no fault: nothing to revert", dir.display());
+        if !args.dry_run {
+            failed += rt.block_on(access_pods(g))?;
+        }
+        return Ok(if failed > 0 { Code::Failed } else { Code::Ok });
+    }
     let mut reverted = 0;
     for e in entries.into_iter().rev() {
         let e = match e {
@@ -60,6 +63,39 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
             }
         }
     }
+    if !args.dry_run {
+        failed += rt.block_on(access_pods(g))?;
+    }
     println!("hadrill recover: {reverted} reverted, {failed} failed");
     Ok(if failed > 0 { Code::Failed } else { Code::Ok })
+}
+
+/// With a kubeconfig (flag or config): deletes the node access pods hadrill left (found by
+/// label) after the faults' own reverts. Returns how many deletions failed.
+async fn access_pods(g: &Global) -> Result<usize, Fatal> {
+    let r = super::target::resolve(g)?;
+    let Some(kc) = &r.kubeconfig else { return Ok(0) };
+    let k = crate::target::kube::KubeTarget::load(kc, r.context.as_deref()).await.map_err(|e| Fatal::usage(e.to_string()))?;
+    let client = kube::Client::try_from(k.config.clone()).map_err(|e| Fatal::usage(crate::exit::chain(&e)))?;
+    // every namespace a config may have used: the configured one and the default
+    let cfg = r.config.node_access.clone().unwrap_or_default();
+    let mut namespaces = vec![crate::node::pod::namespace(&cfg)];
+    if !namespaces.iter().any(|n| n == crate::node::pod::DEFAULT_NAMESPACE) {
+        namespaces.push(crate::node::pod::DEFAULT_NAMESPACE.into());
+    }
+    let mut failed = 0;
+    for ns in namespaces {
+        match crate::node::pod::delete_all(&client, &ns).await {
+            Ok(names) => {
+                for n in names {
+                    println!("deleted the node access pod {ns}/{n}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("could not delete the node access pods in {ns}: {}", crate::exit::chain(&e));
+            }
+        }
+    }
+    Ok(failed)
 }

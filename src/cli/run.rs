@@ -155,7 +155,10 @@ fn run_on(
         progress: Arc::new(|_, _| {}),
     };
     let log = args.artifacts.as_ref().map(|a| a.join("libtest.log"));
-    let Some(record) = runner::run(rt, suites, &args.sel, ctx, facts, log.as_deref()) else {
+    let target = ctx.target.clone();
+    let record = runner::run(rt, suites, &args.sel, ctx, facts, log.as_deref());
+    rt.block_on(crate::node::pod::cleanup_after_run(&target));
+    let Some(record) = record else {
         return Ok(Code::Ok);
     };
     print!("{}", console::summary(&record));

@@ -106,8 +106,14 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
         .clone()
         .or(rig_kubeconfig)
         .or_else(|| if t.etcd.is_none() { default_kubeconfig() } else { None });
-    if let Some(kc) = kubeconfig {
-        let k = KubeTarget::load(&kc, r.context.as_deref()).await.map_err(|e| Fatal::usage(e.to_string()))?;
+    // inside a pod with no kubeconfig: the pod's service account
+    let in_cluster = kubeconfig.is_none() && t.etcd.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if kubeconfig.is_some() || in_cluster {
+        let k = match &kubeconfig {
+            Some(kc) => KubeTarget::load(kc, r.context.as_deref()).await,
+            None => KubeTarget::in_cluster(),
+        }
+        .map_err(|e| Fatal::usage(e.to_string()))?;
         if t.label.is_empty() {
             t.label = format!("context:{}", k.context);
             t.fact("target", t.label.clone());
@@ -129,6 +135,13 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
 
 /// Contacts the target once; exit 3 when nothing answers. Adds what it learns to the facts.
 pub async fn reach(t: &mut Target) -> Result<(), Fatal> {
+    // no --etcd-* flags on a Kubernetes target: etcd through the cluster, when node access allows
+    if t.etcd.is_none() && t.kube.is_some() {
+        if let Err(why) = crate::target::etcd_via_node::attach(t).await {
+            tracing::info!("etcd is not reached through the cluster: {why}");
+            t.fact("etcd", format!("not reached through the cluster: {why}"));
+        }
+    }
     if let Some(etcd) = &t.etcd {
         // a direct TLS handshake names certificate problems that the gRPC client hides
         let mut refused = Vec::new();

@@ -4,6 +4,7 @@
 
 mod certs;
 pub mod dr;
+pub mod controlplane;
 mod quorum;
 pub mod selftest;
 mod kube;

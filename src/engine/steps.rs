@@ -169,6 +169,13 @@ async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Resul
     if let FaultSpec::ApiserverCertExpired { pick } = spec {
         return super::kubecerts::inject_expired_cert(ctx, *pick, st).await;
     }
+    if let FaultSpec::KubeletStop { .. }
+    | FaultSpec::ComponentStop { .. }
+    | FaultSpec::NodeEtcdPartition { .. }
+    | FaultSpec::NodePeerLatency { .. } = spec
+    {
+        return super::controlplane::inject(ctx, spec, st).await;
+    }
     let Some(rig) = ctx.target.rig.clone() else {
         return Err(StepEnd::Skip("faults need node access to the members (the local rig)".into()));
     };

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::net::{self, NetMember};
+use super::node::{self as node_fault, NodeRef};
 use super::{process, FaultError};
 use crate::suite::StopSignal;
 
@@ -54,6 +55,36 @@ pub enum Fault {
         /// notAfter of the expired copy (unix seconds).
         not_after: i64,
     },
+    /// Stop a static pod on a node by moving its manifest into `parking_dir` (the kubelet
+    /// stops the pod) and waiting until `container` is gone; revert moves it back and waits
+    /// until it runs again. A dead-man on the node moves it back after `dead_man_secs` (0: none).
+    StaticPodStop {
+        at: NodeRef,
+        container: String,
+        manifest: PathBuf,
+        parking_dir: PathBuf,
+        token: String,
+        wait_secs: u64,
+        #[serde(default)]
+        dead_man_secs: u64,
+    },
+    /// `systemctl stop` a unit on a node (the kubelet), with a dead-man on the node that
+    /// starts it again; revert starts it and waits until it is active.
+    NodeUnitStop { at: NodeRef, unit: String, token: String, dead_man_secs: u64, wait_secs: u64 },
+    /// Drop the etcd peer traffic between a node and the other members' addresses with
+    /// iptables rules tagged `hadrill:<token>` in the node's root namespace; a dead-man on the
+    /// node removes them after `dead_man_secs`.
+    NodeEtcdPartition {
+        at: NodeRef,
+        token: String,
+        others: Vec<String>,
+        other_names: Vec<String>,
+        peer_ports: Vec<u16>,
+        dead_man_secs: u64,
+    },
+    /// Delay a node's etcd peer traffic with tc netem on `dev`; a dead-man on the node removes
+    /// the qdisc after `dead_man_secs`.
+    NodePeerLatency { at: NodeRef, token: String, dev: String, peer_ports: Vec<u16>, delay_ms: u64, dead_man_secs: u64 },
 }
 
 fn signal_name(s: StopSignal) -> &'static str {
@@ -100,6 +131,7 @@ impl Fault {
                 access.describe(),
                 chrono::DateTime::from_timestamp(*not_after, 0).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
             ),
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::describe(f),
         }
     }
 
@@ -120,6 +152,7 @@ impl Fault {
             Fault::ApiserverCertSwap { backup_dir, .. } => {
                 format!("copy {}/apiserver.crt back over it (byte for byte), remove that directory", backup_dir.display())
             }
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::revert_plan(f),
         }
     }
 
@@ -161,6 +194,7 @@ impl Fault {
             Fault::ApiserverCertSwap { access, pki_dir, backup_dir, expired_cert_pem, .. } => {
                 super::cert::apply(access, pki_dir, backup_dir, expired_cert_pem).await.map_err(fail)
             }
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::apply(f).await.map_err(fail),
         }
     }
 
@@ -189,6 +223,7 @@ impl Fault {
             Fault::ApiserverCertSwap { access, pki_dir, backup_dir, .. } => {
                 super::cert::revert(access, pki_dir, backup_dir).await.map_err(fail)
             }
+            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::revert(f).await.map_err(fail),
         }
     }
 }

@@ -10,6 +10,7 @@ mod cert;
 mod kinds;
 pub mod ledger;
 pub mod net;
+pub mod node;
 pub mod process;
 
 pub use active::{inject, is_cancelled, revert_all_active, FaultGuard};

@@ -226,6 +226,44 @@ pub async fn delete_all(client: &Client, namespace: &str) -> Result<Vec<String>,
     Ok(names)
 }
 
+/// Whether a node access config can start access pods (the `pod` backend anywhere in it).
+pub fn uses_pods(cfg: &super::select::NodeAccessConfig) -> bool {
+    use super::select::Backend;
+    cfg.backend == Backend::Pod || cfg.nodes.values().any(|o| o.backend == Some(Backend::Pod))
+}
+
+/// The namespace access pods are started in.
+pub fn namespace(cfg: &super::select::NodeAccessConfig) -> String {
+    cfg.pod.as_ref().and_then(|p| p.namespace.clone()).unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+}
+
+/// At the end of a run, and in `recover`: deletes every access pod hadrill left in the
+/// namespace the config names (nothing is asked when the config uses no `pod` backend).
+pub async fn cleanup(client: &Client, cfg: &super::select::NodeAccessConfig) -> Result<Vec<String>, NodeError> {
+    if !uses_pods(cfg) {
+        return Ok(Vec::new());
+    }
+    delete_all(client, &namespace(cfg)).await
+}
+
+/// The end of a run: the access pods of the target are deleted (a failure is a warning: they
+/// stop themselves after [`POD_LIFETIME_SECS`], and `hadrill recover` deletes them too).
+pub async fn cleanup_after_run(t: &crate::target::Target) {
+    let (Some(k), Some(cfg)) = (&t.kube, &t.node_access) else { return };
+    if !uses_pods(cfg) {
+        return;
+    }
+    let result = match Client::try_from(k.config.clone()) {
+        Ok(c) => cleanup(&c, cfg).await.map_err(|e| crate::exit::chain(&e)),
+        Err(e) => Err(crate::exit::chain(&e)),
+    };
+    match result {
+        Ok(names) if !names.is_empty() => tracing::info!("deleted the access pods {}", names.join(", ")),
+        Ok(_) => {}
+        Err(e) => eprintln!("hadrill: could not delete the node access pods ({e}); `hadrill recover --kubeconfig …` deletes them"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +356,64 @@ mod tests {
         let posted: serde_json::Value = serde_json::from_str(&seen[2].1).unwrap();
         assert_eq!(posted["spec"]["nodeName"], "cp-1");
         assert_eq!(posted["spec"]["containers"][0]["securityContext"]["privileged"], true);
+    }
+
+    /// A mock API that knows which access pods exist: LIST by label, DELETE, then GET → 404.
+    fn stateful_api(pods: Vec<Pod>) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen2 = seen.clone();
+        let t = tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            let mut live = pods;
+            while let Some((req, send)) = handle.next_request().await {
+                let (m, path, q) = (req.method().to_string(), req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string());
+                seen2.lock().unwrap().push(format!("{m} {path}?{q}"));
+                let name = path.rsplit('/').next().unwrap_or("").to_string();
+                let (code, body) = match m.as_str() {
+                    "GET" if path.ends_with("/pods") => {
+                        let sel = q.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dhadrill%2Chadrill.io%2Frole%3Dnode-access");
+                        let items = if sel { live.clone() } else { vec![] };
+                        (200, serde_json::json!({"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":items}).to_string())
+                    }
+                    "DELETE" | "GET" => match live.iter().position(|p| p.metadata.name.as_deref() == Some(name.as_str())) {
+                        Some(i) if m == "DELETE" => (200, serde_json::to_string(&live.remove(i)).unwrap()),
+                        Some(i) => (200, serde_json::to_string(&live[i]).unwrap()),
+                        None => (404, crate::target::discovery::tests::not_found(&name, "pods")),
+                    },
+                    _ => (405, String::new()),
+                };
+                send.send_response(Response::builder().status(code).body(Body::from(body.into_bytes())).unwrap());
+            }
+        });
+        (Client::new(svc, "default"), seen, t)
+    }
+
+    #[tokio::test]
+    async fn cleanup_deletes_every_access_pod_it_finds_by_label() {
+        let pods = vec![pod_spec("cp-1", "hadrill-system", DEFAULT_IMAGE), pod_spec("cp-3", "hadrill-system", DEFAULT_IMAGE)];
+        let (client, seen, _t) = stateful_api(pods);
+        let cfg: crate::node::select::NodeAccessConfig = serde_saphyr::from_str("backend: ssh
+nodes:
+  cp-3:
+    backend: pod
+pod:
+  namespace: hadrill-system
+").unwrap();
+        let mut gone = cleanup(&client, &cfg).await.unwrap();
+        gone.sort();
+        assert_eq!(gone, ["hadrill-node-access-cp-1", "hadrill-node-access-cp-3"]);
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen[0].starts_with("GET /api/v1/namespaces/hadrill-system/pods?"), "{seen:?}");
+        for n in ["cp-1", "cp-3"] {
+            assert!(seen.contains(&format!("DELETE /api/v1/namespaces/hadrill-system/pods/hadrill-node-access-{n}?")), "{seen:?}");
+        }
+        // nothing configured for pods: not a single request
+        let (client, seen, _t) = stateful_api(vec![pod_spec("cp-1", "kube-system", DEFAULT_IMAGE)]);
+        assert!(cleanup(&client, &Default::default()).await.unwrap().is_empty());
+        assert!(seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -162,6 +162,16 @@ pub enum FaultSpec {
         #[serde(default)]
         pick: InstancePick,
     },
+    /// Delay the etcd peer traffic of the member on one control-plane node (tc netem *on that
+    /// node*), with a dead-man timer on the node.
+    NodePeerLatency {
+        #[serde(default)]
+        pick: InstancePick,
+        #[serde(with = "humantime_serde")]
+        delay: Duration,
+        #[serde(default = "default_dead_man", with = "humantime_serde")]
+        dead_man: Duration,
+    },
 }
 
 /// A control-plane component.

@@ -24,7 +24,32 @@ pub struct KubeTarget {
     pub config: kube::Config,
 }
 
+/// The context name shown for the in-cluster config (no kubeconfig file).
+pub const IN_CLUSTER_CONTEXT: &str = "in-cluster";
+/// Where the in-cluster service account credentials are mounted.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 impl KubeTarget {
+    /// The pod's own service account (`KUBERNETES_SERVICE_HOST` set, token mounted).
+    pub fn in_cluster() -> Result<Self, KubeError> {
+        let config = kube::Config::incluster().map_err(|e| KubeError::Kubeconfig {
+            path: SERVICE_ACCOUNT_DIR.into(),
+            message: format!("in-cluster config: {}", crate::exit::chain(&e)),
+        })?;
+        Ok(Self {
+            kubeconfig: PathBuf::from(SERVICE_ACCOUNT_DIR),
+            context: IN_CLUSTER_CONTEXT.into(),
+            cluster: IN_CLUSTER_CONTEXT.into(),
+            server: config.cluster_url.to_string(),
+            config,
+        })
+    }
+
+    /// Whether this is the in-cluster config rather than a kubeconfig file.
+    pub fn is_in_cluster(&self) -> bool {
+        self.context == IN_CLUSTER_CONTEXT && self.kubeconfig == Path::new(SERVICE_ACCOUNT_DIR)
+    }
+
     /// Reads a kubeconfig and resolves the context (the current one when `context` is None).
     /// Nothing is contacted.
     pub async fn load(path: &Path, context: Option<&str>) -> Result<Self, KubeError> {

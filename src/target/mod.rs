@@ -3,6 +3,7 @@
 
 pub mod discovery;
 pub mod etcd;
+pub mod etcd_via_node;
 pub mod kube;
 
 use indexmap::IndexMap;
