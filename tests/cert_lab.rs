@@ -132,10 +132,13 @@ async fn lab(server_check: &str) -> Option<Verdict> {
     std::fs::create_dir_all(&pki).unwrap();
     std::fs::write(pki.join("ca.crt"), ca.cert_pem()).unwrap();
     secret(&pki.join("ca.key"), &ca.key_pem());
+    // the rig keeps each apiserver's serving certificate in a directory named after its host
+    let host_pki = pki.join("cp-1");
+    std::fs::create_dir_all(&host_pki).unwrap();
     let (crt, key) = serving(&ca, (now - D::hours(1), now + D::days(365)));
-    std::fs::write(pki.join("apiserver.crt"), &crt).unwrap();
-    secret(&pki.join("apiserver.key"), &key);
-    let original = std::fs::read(pki.join("apiserver.crt")).unwrap();
+    std::fs::write(host_pki.join("apiserver.crt"), &crt).unwrap();
+    secret(&host_pki.join("apiserver.key"), &key);
+    let original = std::fs::read(host_pki.join("apiserver.crt")).unwrap();
 
     let (l2, l3) = loop {
         let l2 = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
@@ -147,8 +150,8 @@ async fn lab(server_check: &str) -> Option<Verdict> {
     let port = l2.local_addr().unwrap().port();
     let cp1 = start_from_files(
         &ca,
-        &pki.join("apiserver.crt"),
-        &pki.join("apiserver.key"),
+        &host_pki.join("apiserver.crt"),
+        &host_pki.join("apiserver.key"),
         l2,
         "v1.29.2",
         routes(port),
@@ -219,7 +222,7 @@ async fn lab(server_check: &str) -> Option<Verdict> {
     eprintln!("{}", record.output);
     // whatever the verdict: the original is back byte for byte, no backup dir, no ledger entry
     assert_eq!(
-        std::fs::read(pki.join("apiserver.crt")).unwrap(),
+        std::fs::read(host_pki.join("apiserver.crt")).unwrap(),
         original,
         "the heal restores the certificate"
     );

@@ -628,12 +628,32 @@ pub async fn inject_expired_cert(
     st: &mut CaseState,
 ) -> Result<(), StepEnd> {
     let kv = kube_view(ctx, st).await?;
+    // the rig runs no kubelet, so no Node maps an apiserver address to its host: its own
+    // state does (each apiserver a host with its own address and hostname)
+    let rig_hosts: Vec<(String, String)> = ctx
+        .target
+        .rig
+        .as_ref()
+        .map(|r| {
+            crate::controlplane::ControlPlane::from_rig(r)
+                .of(crate::controlplane::Component::Apiserver)
+                .into_iter()
+                .filter_map(|i| Some((i.address.clone()?, i.host.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut candidates: Vec<_> = kv
         .discovery
         .apiservers
         .iter()
-        .filter(|a| a.node.is_some())
         .cloned()
+        .map(|mut a| {
+            if a.node.is_none() {
+                a.node = rig_hosts.iter().find(|(addr, _)| *addr == a.address).map(|(_, h)| h.clone());
+            }
+            a
+        })
+        .filter(|a| a.node.is_some())
         .collect();
     candidates.sort_by(|a, b| a.node.cmp(&b.node));
     let chosen = match pick {
@@ -669,9 +689,11 @@ pub async fn inject_expired_cert(
     let node = api.node.clone().unwrap_or_default();
     let token = format!("{:08x}", rand::random::<u32>());
     let (access, pki_dir, backup_dir) = match &ctx.target.rig {
+        // each rig apiserver keeps its serving certificate in its own directory, as each
+        // kubeadm node in /etc/kubernetes/pki
         Some(rig) => (
             NodeAccess::Local { netns: None },
-            crate::controlplane::rig_kube_pki_dir(&rig.dir),
+            crate::rig::kube::pki::KubePki::new(crate::controlplane::rig_kube_pki_dir(&rig.dir)).host_dir(&node),
             rig.dir.join(format!("hadrill-cert-backup-{token}")),
         ),
         None => {
