@@ -236,7 +236,11 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
             },
             Requirement::Kubernetes => {
                 if t.kube.is_none() {
-                    return Err("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into());
+                    return Err(if t.rig.is_some() {
+                        "needs a Kubernetes API: this rig runs etcd only (start it with `--kube-bin DIR` holding kube-apiserver, kube-controller-manager and kube-scheduler, or give --kubeconfig)".into()
+                    } else {
+                        "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()
+                    });
                 }
             }
             Requirement::EtcdCaKey => certs::ca_key_available(t)?,
