@@ -2,6 +2,7 @@
 //! failure message is one line (expected, observed, where) and whose evidence holds the rest.
 
 pub mod certs;
+pub mod failover;
 pub mod quorum;
 pub mod skew;
 pub mod kube_topology;

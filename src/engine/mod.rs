@@ -3,6 +3,7 @@
 //! panic), and turns all of it into a [`Verdict`] with the timeline and measured figures.
 
 mod certs;
+pub mod failover;
 mod quorum;
 pub mod selftest;
 mod kube;
@@ -225,6 +226,7 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
                 }
             }
             Requirement::EtcdCaKey => certs::ca_key_available(t)?,
+            Requirement::Kubelet => failover::kubelet_available(t)?,
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod history;
+pub mod kube;
 pub mod quorum;
 mod timeline;
 
