@@ -19,12 +19,13 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
     let dir = g.ledger.clone().unwrap_or_else(Ledger::default_dir);
     let ledger = Ledger::open(&dir).map_err(|e| Fatal::usage(e.to_string()))?;
     let entries = ledger.entries().map_err(|e| Fatal::usage(e.to_string()))?;
+    let rt = super::runtime()?;
+    let ns_failed = scratch_namespaces(g, &args, &rt)?;
     if entries.is_empty() {
         println!("hadrill recover: the ledger {} holds no fault: nothing to revert", dir.display());
-        return Ok(Code::Ok);
+        return Ok(if ns_failed > 0 { Code::Failed } else { Code::Ok });
     }
-    let rt = super::runtime()?;
-    let mut failed = 0;
+    let mut failed = ns_failed;
     let mut reverted = 0;
     for e in entries.into_iter().rev() {
         let e = match e {
@@ -62,4 +63,29 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
     }
     println!("hadrill recover: {reverted} reverted, {failed} failed");
     Ok(if failed > 0 { Code::Failed } else { Code::Ok })
+}
+
+/// Deletes the scratch namespaces that runs left behind, when a kubeconfig is at hand
+/// (`--kubeconfig`, the config's, or $KUBECONFIG). Returns how many could not be deleted.
+fn scratch_namespaces(g: &Global, args: &RecoverArgs, rt: &tokio::runtime::Runtime) -> Result<usize, Fatal> {
+    let resolved = super::target::resolve(g)?;
+    let kubeconfig = resolved.kubeconfig.clone().or_else(|| {
+        std::env::var_os("KUBECONFIG").and_then(|k| std::env::split_paths(&k).next()).filter(|p| !p.as_os_str().is_empty())
+    });
+    let Some(path) = kubeconfig else { return Ok(0) };
+    let k = rt
+        .block_on(crate::target::kube::KubeTarget::load(&path, resolved.context.as_deref()))
+        .map_err(|e| Fatal::usage(e.to_string()))?;
+    match rt.block_on(crate::engine::failover::recover_namespaces(&k, args.dry_run, args.force)) {
+        Ok((lines, failed)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(failed)
+        }
+        Err(e) => {
+            println!("cannot look for leftover scratch namespaces in context {}: {e}", k.context);
+            Ok(1)
+        }
+    }
 }

@@ -11,6 +11,7 @@ use crate::probe::kube::tests::{
     configmap_api, config_for, events, lease_json, list_json, node_json, scripted, status, tls_double, Handler, Req, Script, READYZ_ETCD_FAILED,
 };
 use crate::target::discovery::tests::kubeadm_routes;
+use crate::suite::Step;
 use crate::target::Target;
 
 fn ctx() -> RunContext {
@@ -351,4 +352,93 @@ async fn e2e_api_probe_and_watches_on_a_real_cluster() {
     assert!(!h.nodes().is_empty() && !h.leases().is_empty());
     st.probes.stop_all().await;
     eprintln!("{}", Timeline::render(&st.timeline.events()));
+}
+
+/// What the test plays for a fault of the built-in suite (its injection is the node-access
+/// helpers' job): the effect the real fault has on the API.
+async fn play(spec: &crate::suite::FaultSpec, c: &Cluster, api_mode: &Arc<AtomicUsize>, st: &mut CaseState) {
+    use crate::suite::FaultSpec;
+    st.last_fault_at = Some(Instant::now());
+    match spec {
+        FaultSpec::KubeletStop { .. } => {
+            st.faulted_members = vec!["cp-3".into()];
+            let nodes = c.nodes.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                nodes.send(events(&[("MODIFIED", node_json("cp-3", "Unknown", 48310))])).unwrap();
+            });
+        }
+        FaultSpec::ComponentStop { component: Component::Apiserver, .. } => {
+            let mode = api_mode.clone();
+            mode.store(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                mode.store(0, Ordering::SeqCst);
+            });
+        }
+        FaultSpec::ComponentStop { component: Component::ControllerManager, .. } => {
+            let kcm = c.kcm.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                kcm.send(events(&[("MODIFIED", lease_json("kube-controller-manager", "cp-3_1b2c", 15, 150, 3))])).unwrap();
+            });
+        }
+        other => panic!("no play for {other:?}"),
+    }
+}
+
+/// Walks the built-in failover cases on the scripted cluster: every probe, wait and check of
+/// the suite file runs through the step dispatch as in a run; the faults are played by the
+/// test. Stops at `heal` (what follows reads the cluster through the target's kubeconfig).
+#[tokio::test]
+async fn the_builtin_failover_cases_compose_on_the_scripted_cluster() {
+    let suites = crate::suite::builtin().unwrap();
+    let suite = suites.get("failover").expect("the failover suite is built in");
+    for name in ["kubelet_stop_node_not_ready", "apiserver_stop_lb_routes_around", "controller_manager_leader_takeover"] {
+        let case = suite.cases.iter().find(|c| c.name == name).unwrap();
+        let c = cluster(15);
+        let mode = Arc::new(AtomicUsize::new(0));
+        let api = configmap_api(mode.clone());
+        let base = c.handler.clone();
+        let handler: Handler = Arc::new(move |r: Req| {
+            let cm = r.path.contains("/configmaps") || (r.path.starts_with("/api/v1/namespaces") && r.method != "GET");
+            if cm { api(r) } else { base(r) }
+        });
+        let (client, fresh, _, seen, _t) = scripted(handler);
+        let mut st = state(&format!("failover::{name}"));
+        st.probes.kube = Some(KubeProbes::new(client, fresh, None, "https://10.0.0.10:6443".into(), st.timeline.clone()));
+        let ctx = ctx();
+        for step in &case.steps {
+            match step {
+                Step::Inject(f) => play(f, &c, &mode, &mut st).await,
+                Step::Await(AwaitSpec::Observe { .. }) => tokio::time::sleep(Duration::from_millis(800)).await,
+                Step::Heal => break,
+                s => {
+                    if let Err(e) = crate::engine::steps::run(&ctx, s, &mut st).await {
+                        let m = match e {
+                            StepEnd::Failed(c) => format!("failed: {} {}", c.message, c.evidence),
+                            StepEnd::Error(m) => format!("error: {m}"),
+                            StepEnd::Skip(m) => format!("skip: {m}"),
+                        };
+                        panic!("{name}: step {} {m}\n{}", crate::engine::steps::label(s), Timeline::render(&st.timeline.events()));
+                    }
+                }
+            }
+        }
+        let names: Vec<&str> = st.measurements.iter().map(|m| m.name.as_str()).collect();
+        match name {
+            "kubelet_stop_node_not_ready" => {
+                assert!(names.contains(&"node_not_ready_after") && names.contains(&"kube_api_disruption_reused"), "{names:?}")
+            }
+            "apiserver_stop_lb_routes_around" => {
+                let d = st.measurements.iter().find(|m| m.name == "kube_api_disruption_fresh").unwrap();
+                assert!(d.value > 0.2 && d.bound == Some(3.0), "{d:?}");
+            }
+            _ => assert!(names.contains(&"lease_takeover_kube_controller_manager"), "{names:?}"),
+        }
+        st.probes.stop_all().await;
+        let ns_made = st.timeline.events().iter().any(|e| e.message.starts_with("scratch namespace") && e.message.ends_with("deleted"));
+        let uses_api = case.steps.iter().any(|s| matches!(s, Step::Probe(ProbeSpec::KubeApi { .. })));
+        assert_eq!(ns_made, uses_api, "{name}: the scratch namespace is deleted at the end: {:?}", seen.lock().unwrap());
+    }
 }
