@@ -145,12 +145,15 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
             let d = discovery_of(ks).await?;
             let h = Arc::new(WatchHistory::default());
             ks.watch = Some(h.clone());
+            // the watches get a client of their own: their long-lived streams do not share
+            // connections with the API probe's reused client
+            let wc = (ks.fresh)().map_err(|e| err(format!("build a client for the watches: {e}")))?;
             let mut tasks = Vec::new();
             for name in discovery::LEASES {
-                let t = tokio::spawn(pk::run_lease_watch(ks.client.clone(), name.to_string(), REQUEST, h.clone(), timeline.clone(), stop_rx.clone()));
+                let t = tokio::spawn(pk::run_lease_watch(wc.clone(), name.to_string(), REQUEST, h.clone(), timeline.clone(), stop_rx.clone()));
                 tasks.push((format!("kube-watch-lease-{name}"), t));
             }
-            tasks.push(("kube-watch-nodes".into(), tokio::spawn(pk::run_node_watch(ks.client.clone(), REQUEST, h.clone(), timeline.clone(), stop_rx))));
+            tasks.push(("kube-watch-nodes".into(), tokio::spawn(pk::run_node_watch(wc, REQUEST, h.clone(), timeline.clone(), stop_rx))));
             for (name, t) in tasks {
                 // every watch listens to the same stop signal
                 st.probes.tasks.push((name, t, stop_tx.clone()));

@@ -437,8 +437,55 @@ async fn the_builtin_failover_cases_compose_on_the_scripted_cluster() {
             _ => assert!(names.contains(&"lease_takeover_kube_controller_manager"), "{names:?}"),
         }
         st.probes.stop_all().await;
+        rbac_covers(&seen.lock().unwrap());
         let ns_made = st.timeline.events().iter().any(|e| e.message.starts_with("scratch namespace") && e.message.ends_with("deleted"));
         let uses_api = case.steps.iter().any(|s| matches!(s, Step::Probe(ProbeSpec::KubeApi { .. })));
         assert_eq!(ns_made, uses_api, "{name}: the scratch namespace is deleted at the end: {:?}", seen.lock().unwrap());
+    }
+}
+
+/// Every request in `seen` ("METHOD path?query") is allowed by the ClusterRoles the docs tell
+/// users to bind (hadrill-readonly + hadrill-failover).
+fn rbac_covers(seen: &[String]) {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let mut rules = Vec::new();
+    for f in ["hadrill-readonly.yaml", "hadrill-failover.yaml"] {
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rbac").join(f)).unwrap();
+        let role: ClusterRole = serde_saphyr::from_str(&text).unwrap();
+        rules.extend(role.rules.unwrap());
+    }
+    let allows = |verb: &str, group: &str, resource: &str| {
+        rules.iter().any(|r| {
+            r.verbs.iter().any(|v| v == verb)
+                && r.api_groups.as_ref().is_some_and(|g| g.iter().any(|g| g == group))
+                && r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == resource))
+        })
+    };
+    for req in seen {
+        let (method, rest) = req.split_once(' ').unwrap();
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let watch = query.split('&').any(|kv| kv == "watch=true");
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // (group, resource, named)
+        let (group, resource, named) = match segs.as_slice() {
+            ["version"] => continue,
+            ["api", "v1", res] => ("", *res, false),
+            ["api", "v1", res, _] => ("", *res, true),
+            ["api", "v1", "namespaces", _, res] => ("", *res, false),
+            ["api", "v1", "namespaces", _, res, _] => ("", *res, true),
+            ["apis", g, _, "namespaces", _, res] => (*g, *res, false),
+            ["apis", g, _, "namespaces", _, res, _] => (*g, *res, true),
+            _ => panic!("unexpected request {req}"),
+        };
+        let verb = match (method, named, watch) {
+            ("GET", _, true) => "watch",
+            ("GET", true, _) => "get",
+            ("GET", false, _) => "list",
+            ("POST", _, _) => "create",
+            ("PUT", _, _) => "update",
+            ("DELETE", _, _) => "delete",
+            _ => panic!("unexpected method in {req}"),
+        };
+        assert!(allows(verb, group, resource), "{req} ({verb} {resource}) is not allowed by docs/rbac/hadrill-readonly.yaml + hadrill-failover.yaml");
     }
 }
