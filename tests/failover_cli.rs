@@ -26,7 +26,11 @@ fn hadrill(dir: &std::path::Path, args: &[&str]) -> (Output, String) {
 
 /// A kubeconfig whose server is a closed port on 127.0.0.1.
 fn refusing_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let p = dir.join("kubeconfig");
     std::fs::write(
         &p,
@@ -51,21 +55,40 @@ fn the_failover_suite_is_listed_disruptive() {
         "failover::scheduler_leader_takeover",
         "failover::etcd_member_partitioned_on_node",
     ] {
-        let line = text.lines().find(|l| l.contains(case)).unwrap_or_else(|| panic!("{case} missing\n{shown}"));
+        let line = text
+            .lines()
+            .find(|l| l.contains(case))
+            .unwrap_or_else(|| panic!("{case} missing\n{shown}"));
         assert!(line.contains("[disruptive]"), "{line}");
     }
-    assert!(text.contains("topology::kube_apiservers_live_and_ready") && text.contains("topology::kube_server_cert_covers_server"), "{shown}");
+    assert!(
+        text.contains("topology::kube_apiservers_live_and_ready")
+            && text.contains("topology::kube_server_cert_covers_server"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn a_run_against_an_unreachable_api_exits_3_naming_it() {
     let d = tempfile::tempdir().unwrap();
     let kc = refusing_kubeconfig(d.path());
-    let (out, shown) = hadrill(d.path(), &["--kubeconfig", kc.to_str().unwrap(), "run", "failover::", "--allow-disruption"]);
+    let (out, shown) = hadrill(
+        d.path(),
+        &[
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "run",
+            "failover::",
+            "--allow-disruption",
+        ],
+    );
     assert_eq!(out.status.code(), Some(3), "{shown}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{shown}");
-    assert!(err.contains("Kubernetes API https://127.0.0.1:") && err.contains("(context lab)"), "{shown}");
+    assert!(
+        err.contains("Kubernetes API https://127.0.0.1:") && err.contains("(context lab)"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -48,8 +48,25 @@ pub struct KubeProbes {
 }
 
 impl KubeProbes {
-    pub fn new(client: Client, fresh: ClientFactory, config: Option<kube::Config>, server: String, timeline: Arc<Timeline>) -> Self {
-        Self { client, fresh, config, server, timeline, namespace: None, api: None, api_started: None, watch: None, discovery: None }
+    pub fn new(
+        client: Client,
+        fresh: ClientFactory,
+        config: Option<kube::Config>,
+        server: String,
+        timeline: Arc<Timeline>,
+    ) -> Self {
+        Self {
+            client,
+            fresh,
+            config,
+            server,
+            timeline,
+            namespace: None,
+            api: None,
+            api_started: None,
+            watch: None,
+            discovery: None,
+        }
     }
 
     /// Deletes the scratch namespace, within a deadline; the outcome goes to the timeline.
@@ -58,7 +75,8 @@ impl KubeProbes {
         let Some(ns) = self.namespace.take() else { return Ok(()) };
         match pk::delete_namespace(&self.client, &ns, CLEANUP).await {
             Ok(()) => {
-                self.timeline.record("cleanup", format!("scratch namespace {ns} deleted"));
+                self.timeline
+                    .record("cleanup", format!("scratch namespace {ns} deleted"));
                 Ok(())
             }
             Err(e) => {
@@ -78,11 +96,24 @@ fn err(m: impl Into<String>) -> StepEnd {
 pub(crate) fn state<'a>(ctx: &RunContext, st: &'a mut CaseState) -> Result<&'a mut KubeProbes, StepEnd> {
     if st.probes.kube.is_none() {
         let Some(k) = &ctx.target.kube else {
-            return Err(StepEnd::Skip("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()));
+            return Err(StepEnd::Skip(
+                "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into(),
+            ));
         };
-        let client = Client::try_from(k.config.clone())
-            .map_err(|e| err(format!("kubeconfig {}: {}", k.kubeconfig.display(), crate::exit::chain(&e))))?;
-        st.probes.kube = Some(KubeProbes::new(client, pk::fresh_clients(k.config.clone()), Some(k.config.clone()), k.server.clone(), st.timeline.clone()));
+        let client = Client::try_from(k.config.clone()).map_err(|e| {
+            err(format!(
+                "kubeconfig {}: {}",
+                k.kubeconfig.display(),
+                crate::exit::chain(&e)
+            ))
+        })?;
+        st.probes.kube = Some(KubeProbes::new(
+            client,
+            pk::fresh_clients(k.config.clone()),
+            Some(k.config.clone()),
+            k.server.clone(),
+            st.timeline.clone(),
+        ));
     }
     Ok(st.probes.kube.as_mut().expect("set above"))
 }
@@ -121,20 +152,41 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
             (ctx.progress)(&case, &format!("creating the scratch namespace {ns}"));
             match pk::ensure_namespace(&ks.client, &ns, &run_id, &case, REQUEST).await {
                 Ok(()) => ks.namespace = Some(ns.clone()),
-                Err(e @ (pk::KubeProbeError::NotOurs { .. } | pk::KubeProbeError::Terminating { .. })) => return Err(err(e.to_string())),
+                Err(e @ (pk::KubeProbeError::NotOurs { .. } | pk::KubeProbeError::Terminating { .. })) => {
+                    return Err(err(e.to_string()))
+                }
                 Err(e) => {
                     // it may exist all the same (a create that timed out): delete it at the end
                     ks.namespace = Some(ns.clone());
                     return Err(err(e.to_string()));
                 }
             }
-            timeline.record("probe:kube-api", format!("scratch namespace {ns} ready (labelled {}={})", pk::MANAGED_BY, pk::MANAGED_BY_VALUE));
-            pk::prepare_configmaps(&ks.client, &ns, REQUEST).await.map_err(|e| err(e.to_string()))?;
+            timeline.record(
+                "probe:kube-api",
+                format!(
+                    "scratch namespace {ns} ready (labelled {}={})",
+                    pk::MANAGED_BY,
+                    pk::MANAGED_BY_VALUE
+                ),
+            );
+            pk::prepare_configmaps(&ks.client, &ns, REQUEST)
+                .await
+                .map_err(|e| err(e.to_string()))?;
             let h = Arc::new(ApiHistory::new(ns));
             ks.api = Some(h.clone());
             ks.api_started = Some(Instant::now());
-            let cfg = pk::ApiProbe { per_second: *per_second, timeout: *timeout };
-            let task = tokio::spawn(pk::run_api(cfg, ks.client.clone(), ks.fresh.clone(), h, timeline, stop_rx));
+            let cfg = pk::ApiProbe {
+                per_second: *per_second,
+                timeout: *timeout,
+            };
+            let task = tokio::spawn(pk::run_api(
+                cfg,
+                ks.client.clone(),
+                ks.fresh.clone(),
+                h,
+                timeline,
+                stop_rx,
+            ));
             st.probes.tasks.push(("kube-api".into(), task, stop_tx));
         }
         ProbeSpec::KubeWatch => {
@@ -150,10 +202,20 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
             let wc = (ks.fresh)().map_err(|e| err(format!("build a client for the watches: {e}")))?;
             let mut tasks = Vec::new();
             for name in discovery::LEASES {
-                let t = tokio::spawn(pk::run_lease_watch(wc.clone(), name.to_string(), REQUEST, h.clone(), timeline.clone(), stop_rx.clone()));
+                let t = tokio::spawn(pk::run_lease_watch(
+                    wc.clone(),
+                    name.to_string(),
+                    REQUEST,
+                    h.clone(),
+                    timeline.clone(),
+                    stop_rx.clone(),
+                ));
                 tasks.push((format!("kube-watch-lease-{name}"), t));
             }
-            tasks.push(("kube-watch-nodes".into(), tokio::spawn(pk::run_node_watch(wc, REQUEST, h.clone(), timeline.clone(), stop_rx))));
+            tasks.push((
+                "kube-watch-nodes".into(),
+                tokio::spawn(pk::run_node_watch(wc, REQUEST, h.clone(), timeline.clone(), stop_rx)),
+            ));
             for (name, t) in tasks {
                 // every watch listens to the same stop signal
                 st.probes.tasks.push((name, t, stop_tx.clone()));
@@ -169,12 +231,16 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
                 async move {
                     let nodes: std::collections::BTreeSet<String> = h.nodes().into_iter().map(|o| o.node).collect();
                     let leases = h.leases();
-                    (nodes.len() >= expect_nodes && expect_leases.iter().all(|l| leases.iter().any(|o| &o.lease == l))).then_some(())
+                    (nodes.len() >= expect_nodes && expect_leases.iter().all(|l| leases.iter().any(|o| &o.lease == l)))
+                        .then_some(())
                 }
             })
             .await;
             if got.is_none() {
-                st.timeline.record("probe:kube-watch", "the watches' first lists did not all arrive within 10s (see the watch errors above)");
+                st.timeline.record(
+                    "probe:kube-watch",
+                    "the watches' first lists did not all arrive within 10s (see the watch errors above)",
+                );
             }
         }
         _ => return Err(err("not a Kubernetes probe")),
@@ -185,7 +251,15 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
 /// Records an outcome that an await produced: measurements, the timeline, the log.
 fn conclude(st: &mut CaseState, c: CheckOutcome) -> Result<(), StepEnd> {
     st.measurements.extend(c.measurements.iter().cloned());
-    st.timeline.record("check", format!("{} {}: {}", c.name, if c.passed { "passed" } else { "FAILED" }, c.message));
+    st.timeline.record(
+        "check",
+        format!(
+            "{} {}: {}",
+            c.name,
+            if c.passed { "passed" } else { "FAILED" },
+            c.message
+        ),
+    );
     st.log(format!("await {}: {}", c.name, c.message));
     if c.passed {
         Ok(())
@@ -195,15 +269,24 @@ fn conclude(st: &mut CaseState, c: CheckOutcome) -> Result<(), StepEnd> {
 }
 
 fn watch_history(st: &CaseState) -> Result<Arc<WatchHistory>, StepEnd> {
-    st.probes.kube.as_ref().and_then(|k| k.watch.clone()).ok_or_else(|| err("this step reads the lease and node watches: start them first with `probe: kube_watch`"))
+    st.probes
+        .kube
+        .as_ref()
+        .and_then(|k| k.watch.clone())
+        .ok_or_else(|| err("this step reads the lease and node watches: start them first with `probe: kube_watch`"))
 }
 
 fn api_history(st: &CaseState) -> Result<Arc<ApiHistory>, StepEnd> {
-    st.probes.kube.as_ref().and_then(|k| k.api.clone()).ok_or_else(|| err("this step reads the API probe: start it first with `probe: { kube_api: {} }`"))
+    st.probes
+        .kube
+        .as_ref()
+        .and_then(|k| k.api.clone())
+        .ok_or_else(|| err("this step reads the API probe: start it first with `probe: { kube_api: {} }`"))
 }
 
 fn fault_at(st: &CaseState) -> Result<Instant, StepEnd> {
-    st.last_fault_at.ok_or_else(|| err("this step measures from the last fault, and no fault was injected yet"))
+    st.last_fault_at
+        .ok_or_else(|| err("this step measures from the last fault, and no fault was injected yet"))
 }
 
 /// Waits until `done` says yes or `until`; wakes on every watch observation, and calls
@@ -229,7 +312,11 @@ where
                 fallback().await;
                 if Instant::now() < until {
                     // a fallback read also changes the history; give the watches a moment
-                    let _ = tokio::time::timeout(Duration::from_millis(200).min(until.saturating_duration_since(Instant::now())), changes.changed()).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(200).min(until.saturating_duration_since(Instant::now())),
+                        changes.changed(),
+                    )
+                    .await;
                 }
             }
         }
@@ -239,13 +326,28 @@ where
 /// The node-monitor grace period and where it comes from.
 pub fn grace_with_source(d: &Discovery) -> Result<(Duration, String), String> {
     let g = kube_topology::grace_period_of(d)?;
-    let flag = d.static_pods.iter().filter(|p| p.component == "kube-controller-manager").find_map(|p| p.flag("node-monitor-grace-period").map(|v| (p.node.clone(), v.to_string())));
+    let flag = d
+        .static_pods
+        .iter()
+        .filter(|p| p.component == "kube-controller-manager")
+        .find_map(|p| {
+            p.flag("node-monitor-grace-period")
+                .map(|v| (p.node.clone(), v.to_string()))
+        });
     let why = match flag {
-        Some((node, v)) => format!("node-monitor grace period {}s (--node-monitor-grace-period={v} on {node})", g.as_secs()),
+        Some((node, v)) => format!(
+            "node-monitor grace period {}s (--node-monitor-grace-period={v} on {node})",
+            g.as_secs()
+        ),
         None => format!(
             "node-monitor grace period {}s (the controller-manager's default for {}: 40s before 1.32, 50s from 1.32)",
             g.as_secs(),
-            d.static_pods.iter().find(|p| p.component == "kube-controller-manager").map(|p| p.image.clone()).or(d.server_version.clone()).unwrap_or_else(|| "its version".into())
+            d.static_pods
+                .iter()
+                .find(|p| p.component == "kube-controller-manager")
+                .map(|p| p.image.clone())
+                .or(d.server_version.clone())
+                .unwrap_or_else(|| "its version".into())
         ),
     };
     Ok((g, why))
@@ -254,7 +356,11 @@ pub fn grace_with_source(d: &Discovery) -> Result<(Duration, String), String> {
 /// `--leader-elect-retry-period` of `component` (the holder's instance first), and where it
 /// comes from.
 pub fn retry_period(d: &Discovery, component: Component, holder_node: Option<&str>) -> (Duration, String) {
-    let mut pods: Vec<_> = d.static_pods.iter().filter(|p| p.component == component.static_pod()).collect();
+    let mut pods: Vec<_> = d
+        .static_pods
+        .iter()
+        .filter(|p| p.component == component.static_pod())
+        .collect();
     pods.sort_by_key(|p| Some(p.node.as_str()) != holder_node);
     for p in pods {
         if let Some(v) = p.flag("leader-elect-retry-period") {
@@ -281,28 +387,56 @@ pub async fn await_(ctx: &RunContext, spec: &AwaitSpec, st: &mut CaseState) -> O
 async fn api_answers(ctx: &RunContext, st: &mut CaseState, count: usize, within: Duration) -> Result<(), StepEnd> {
     let h = api_history(st)?;
     let t0 = Instant::now();
-    (ctx.progress)(&st.name, &format!("waiting for {count} answers over reused and new connections"));
+    (ctx.progress)(
+        &st.name,
+        &format!("waiting for {count} answers over reused and new connections"),
+    );
     let got = poll(within, Duration::from_millis(50), || {
         let h = h.clone();
-        async move { (h.ok_since(ClientKind::Reused, t0) >= count && h.ok_since(ClientKind::Fresh, t0) >= count).then_some(()) }
+        async move {
+            (h.ok_since(ClientKind::Reused, t0) >= count && h.ok_since(ClientKind::Fresh, t0) >= count).then_some(())
+        }
     })
     .await;
     let (r, f) = (h.ok_since(ClientKind::Reused, t0), h.ok_since(ClientKind::Fresh, t0));
-    st.log(format!("API probe: {r} answers over the reused client, {f} over new connections after {:.3}s", t0.elapsed().as_secs_f64()));
+    st.log(format!(
+        "API probe: {r} answers over the reused client, {f} over new connections after {:.3}s",
+        t0.elapsed().as_secs_f64()
+    ));
     if got.is_some() {
         return Ok(());
     }
-    let errors: Vec<String> = h.ops().iter().rev().filter_map(|o| o.outcome.as_ref().err().map(|e| format!("{} {:?}: {e}", o.client.label(), o.verb))).take(10).collect();
+    let errors: Vec<String> = h
+        .ops()
+        .iter()
+        .rev()
+        .filter_map(|o| {
+            o.outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{} {:?}: {e}", o.client.label(), o.verb))
+        })
+        .take(10)
+        .collect();
     Err(StepEnd::Failed(
         CheckOutcome::fail(
             "await_kube_api_answers",
-            format!("{r} (reused) and {f} (new connections) of {count} API requests answered within {:.0}s through {}", within.as_secs_f64(), h.namespace),
+            format!(
+                "{r} (reused) and {f} (new connections) of {count} API requests answered within {:.0}s through {}",
+                within.as_secs_f64(),
+                h.namespace
+            ),
         )
         .with_evidence(errors.join("\n")),
     ))
 }
 
-async fn node_not_ready(ctx: &RunContext, st: &mut CaseState, within: Option<Duration>, slack: Duration) -> Result<(), StepEnd> {
+async fn node_not_ready(
+    ctx: &RunContext,
+    st: &mut CaseState,
+    within: Option<Duration>,
+    slack: Duration,
+) -> Result<(), StepEnd> {
     let h = watch_history(st)?;
     let f = fault_at(st)?;
     let target = st.faulted_members.first().cloned();
@@ -319,7 +453,13 @@ async fn node_not_ready(ctx: &RunContext, st: &mut CaseState, within: Option<Dur
     let node = target.filter(|t| known.contains(t));
     let client = ks.client.clone();
     let t0 = st.timeline.start();
-    (ctx.progress)(&st.name, &format!("waiting for {} to turn NotReady", node.as_deref().unwrap_or("a control-plane node")));
+    (ctx.progress)(
+        &st.name,
+        &format!(
+            "waiting for {} to turn NotReady",
+            node.as_deref().unwrap_or("a control-plane node")
+        ),
+    );
     // watch past the bound, so a late transition is still measured
     let until = f + bound + bound / 2;
     let names: Vec<String> = match &node {
@@ -374,15 +514,26 @@ async fn nodes_ready(ctx: &RunContext, st: &mut CaseState, within: Duration) -> 
     )
     .await;
     let bad = fc::not_ready_now(&h.nodes());
-    let m = crate::report::Measurement::new("nodes_ready_after", (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0, "s").with_bound(within.as_secs_f64());
+    let m = crate::report::Measurement::new(
+        "nodes_ready_after",
+        (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "s",
+    )
+    .with_bound(within.as_secs_f64());
     let c = if bad.is_empty() {
-        CheckOutcome::pass("await_nodes_ready", format!("every control-plane node Ready after {:.3}s", t.elapsed().as_secs_f64()))
+        CheckOutcome::pass(
+            "await_nodes_ready",
+            format!("every control-plane node Ready after {:.3}s", t.elapsed().as_secs_f64()),
+        )
     } else {
         CheckOutcome::fail(
             "await_nodes_ready",
             format!(
                 "{} not Ready {:.0}s after the wait began (bound {:.0}s)",
-                bad.iter().map(|(n, s)| format!("node {n} (Ready={s})")).collect::<Vec<_>>().join(", "),
+                bad.iter()
+                    .map(|(n, s)| format!("node {n} (Ready={s})"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 t.elapsed().as_secs_f64(),
                 within.as_secs_f64()
             ),
@@ -391,9 +542,17 @@ async fn nodes_ready(ctx: &RunContext, st: &mut CaseState, within: Duration) -> 
     conclude(st, c.with_measurement(m))
 }
 
-async fn lease_takeover(ctx: &RunContext, st: &mut CaseState, component: Component, slack: Duration) -> Result<(), StepEnd> {
+async fn lease_takeover(
+    ctx: &RunContext,
+    st: &mut CaseState,
+    component: Component,
+    slack: Duration,
+) -> Result<(), StepEnd> {
     let Some(lease) = component.lease() else {
-        return Err(err(format!("{} holds no leader-election lease", component.static_pod())));
+        return Err(err(format!(
+            "{} holds no leader-election lease",
+            component.static_pod()
+        )));
     };
     let h = watch_history(st)?;
     let f = fault_at(st)?;
@@ -402,7 +561,11 @@ async fn lease_takeover(ctx: &RunContext, st: &mut CaseState, component: Compone
     let client = ks.client.clone();
     let obs = h.leases();
     let before = fc::holder_at(&obs, lease, f).cloned();
-    let holder_node = before.as_ref().and_then(|o| o.holder.as_deref()).map(crate::controlplane::holder_host).map(str::to_string);
+    let holder_node = before
+        .as_ref()
+        .and_then(|o| o.holder.as_deref())
+        .map(crate::controlplane::holder_host)
+        .map(str::to_string);
     let (duration, dur_why) = match before.as_ref().and_then(|o| o.duration) {
         Some(x) => (x, format!("leaseDurationSeconds {}s (from the Lease)", x.as_secs())),
         None => (DEFAULT_LEASE_DURATION, "lease duration default 15s".into()),
@@ -411,7 +574,10 @@ async fn lease_takeover(ctx: &RunContext, st: &mut CaseState, component: Compone
     let bound = duration + retry + slack;
     let why = format!("{dur_why} + {retry_why} + slack {}s", slack.as_secs());
     let t0 = st.timeline.start();
-    (ctx.progress)(&st.name, &format!("waiting for another instance to take the {lease} lease"));
+    (ctx.progress)(
+        &st.name,
+        &format!("waiting for another instance to take the {lease} lease"),
+    );
     let until = f + bound + bound / 2;
     wait_on_watch(
         &h,
@@ -444,7 +610,10 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Op
 
 async fn api_available(ctx: &RunContext, st: &mut CaseState, max: Duration) -> Result<CheckOutcome, StepEnd> {
     let h = api_history(st)?;
-    let from = st.last_fault_at.or(st.probes.kube.as_ref().and_then(|k| k.api_started)).unwrap_or_else(Instant::now);
+    let from = st
+        .last_fault_at
+        .or(st.probes.kube.as_ref().and_then(|k| k.api_started))
+        .unwrap_or_else(Instant::now);
     let to = Instant::now();
     (ctx.progress)(&st.name, "waiting for the API requests in flight to end");
     let _ = poll(Duration::from_secs(30), Duration::from_millis(50), || {
@@ -456,7 +625,11 @@ async fn api_available(ctx: &RunContext, st: &mut CaseState, max: Duration) -> R
 }
 
 /// `/livez` and `/readyz` of every endpoint, until all answer 200 or `within` passes.
-pub async fn ready_check(config: &kube::Config, endpoints: &[(String, Option<String>)], within: Option<Duration>) -> CheckOutcome {
+pub async fn ready_check(
+    config: &kube::Config,
+    endpoints: &[(String, Option<String>)],
+    within: Option<Duration>,
+) -> CheckOutcome {
     let end = Instant::now() + within.unwrap_or_default();
     loop {
         let answers = pk::apiservers_health(config, endpoints, REQUEST).await;
@@ -468,7 +641,11 @@ pub async fn ready_check(config: &kube::Config, endpoints: &[(String, Option<Str
     }
 }
 
-async fn apiservers_ready(ctx: &RunContext, st: &mut CaseState, within: Option<Duration>) -> Result<CheckOutcome, StepEnd> {
+async fn apiservers_ready(
+    ctx: &RunContext,
+    st: &mut CaseState,
+    within: Option<Duration>,
+) -> Result<CheckOutcome, StepEnd> {
     let ks = state(ctx, st)?;
     let Some(config) = ks.config.clone() else {
         return Err(err("no kubeconfig to reach each apiserver with"));
@@ -477,8 +654,17 @@ async fn apiservers_ready(ctx: &RunContext, st: &mut CaseState, within: Option<D
     ks.discovery = None;
     let d = discovery_of(ks).await?;
     let endpoints: Vec<(String, Option<String>)> = d.apiservers.iter().map(|a| (a.url(), a.node.clone())).collect();
-    (ctx.progress)(&st.name, &format!("asking {} apiservers for /livez and /readyz", endpoints.len()));
-    st.timeline.record("probe:kube-health", format!("apiserver endpoints: {}", endpoints.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>().join(", ")));
+    (ctx.progress)(
+        &st.name,
+        &format!("asking {} apiservers for /livez and /readyz", endpoints.len()),
+    );
+    st.timeline.record(
+        "probe:kube-health",
+        format!(
+            "apiserver endpoints: {}",
+            endpoints.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    );
     Ok(ready_check(&config, &endpoints, within).await)
 }
 
@@ -487,12 +673,21 @@ pub fn sans_of(der: &[u8]) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;
     let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("parse the certificate: {e}"))?;
     let mut out = Vec::new();
-    if let Some(ext) = c.subject_alternative_name().map_err(|e| format!("parse its SAN extension: {e}"))? {
+    if let Some(ext) = c
+        .subject_alternative_name()
+        .map_err(|e| format!("parse its SAN extension: {e}"))?
+    {
         for n in &ext.value.general_names {
             match n {
                 GeneralName::DNSName(s) => out.push(format!("DNS:{s}")),
-                GeneralName::IPAddress(b) if b.len() == 4 => out.push(format!("IP:{}", IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")))),
-                GeneralName::IPAddress(b) if b.len() == 16 => out.push(format!("IP:{}", IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes")))),
+                GeneralName::IPAddress(b) if b.len() == 4 => out.push(format!(
+                    "IP:{}",
+                    IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes"))
+                )),
+                GeneralName::IPAddress(b) if b.len() == 16 => out.push(format!(
+                    "IP:{}",
+                    IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes"))
+                )),
                 _ => {}
             }
         }
@@ -502,13 +697,20 @@ pub fn sans_of(der: &[u8]) -> Result<Vec<String>, String> {
 
 /// Reads the certificate served at `server` and checks that a SAN covers the name a client
 /// verifies (`tls_server_name` when the kubeconfig sets one, else the server's host).
-pub async fn cert_covers_server(server: &str, tls_server_name: Option<&str>, timeout: Duration) -> Result<CheckOutcome, String> {
-    let (host, port) = discovery::host_port(server).ok_or_else(|| format!("the kubeconfig server `{server}` is not a URL"))?;
+pub async fn cert_covers_server(
+    server: &str,
+    tls_server_name: Option<&str>,
+    timeout: Duration,
+) -> Result<CheckOutcome, String> {
+    let (host, port) =
+        discovery::host_port(server).ok_or_else(|| format!("the kubeconfig server `{server}` is not a URL"))?;
     let endpoint = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(_)) => format!("https://[{host}]:{port}"),
         _ => format!("https://{host}:{port}"),
     };
-    let chain = crate::tls::peer_chain(&endpoint, None, timeout).await.map_err(|e| format!("read the certificate served at {endpoint}: {e}"))?;
+    let chain = crate::tls::peer_chain(&endpoint, None, timeout)
+        .await
+        .map_err(|e| format!("read the certificate served at {endpoint}: {e}"))?;
     let sans = sans_of(&chain.certs[0])?;
     let name = tls_server_name.unwrap_or(&host);
     Ok(kube_topology::serving_cert_covers(&sans, name, &endpoint))
@@ -516,10 +718,14 @@ pub async fn cert_covers_server(server: &str, tls_server_name: Option<&str>, tim
 
 async fn cert_covers(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     let Some(k) = &ctx.target.kube else {
-        return Err(StepEnd::Skip("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()));
+        return Err(StepEnd::Skip(
+            "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into(),
+        ));
     };
     (ctx.progress)(&st.name, &format!("reading the certificate served at {}", k.server));
-    cert_covers_server(&k.server, k.config.tls_server_name.as_deref(), REQUEST).await.map_err(err)
+    cert_covers_server(&k.server, k.config.tls_server_name.as_deref(), REQUEST)
+        .await
+        .map_err(err)
 }
 
 /// Whether the target's control-plane nodes run a kubelet (the `kubelet` requirement).
@@ -532,15 +738,23 @@ pub fn kubelet_available(t: &crate::target::Target) -> Result<(), String> {
         });
     }
     match t.control_plane.get() {
-        Some(cp) if !cp.has_kubelet => Err(format!("needs control-plane nodes with a kubelet: {} has none", cp.source)),
+        Some(cp) if !cp.has_kubelet => Err(format!(
+            "needs control-plane nodes with a kubelet: {} has none",
+            cp.source
+        )),
         _ => Ok(()),
     }
 }
 
 /// `hadrill recover`'s Kubernetes part: deletes the scratch namespaces of runs that are no
 /// longer alive (all of them with `force`). Returns one line per namespace and the failures.
-pub async fn recover_namespaces(k: &crate::target::kube::KubeTarget, dry_run: bool, force: bool) -> Result<(Vec<String>, usize), String> {
-    let client = Client::try_from(k.config.clone()).map_err(|e| format!("kubeconfig {}: {}", k.kubeconfig.display(), crate::exit::chain(&e)))?;
+pub async fn recover_namespaces(
+    k: &crate::target::kube::KubeTarget,
+    dry_run: bool,
+    force: bool,
+) -> Result<(Vec<String>, usize), String> {
+    let client = Client::try_from(k.config.clone())
+        .map_err(|e| format!("kubeconfig {}: {}", k.kubeconfig.display(), crate::exit::chain(&e)))?;
     let alive = |run: &str, host: &str| -> Option<String> {
         if dry_run {
             return Some("dry run".into());
@@ -550,13 +764,17 @@ pub async fn recover_namespaces(k: &crate::target::kube::KubeTarget, dry_run: bo
         }
         pk::run_alive_here(run, host)
     };
-    let found = pk::delete_leftovers(&client, REQUEST, alive).await.map_err(|e| e.to_string())?;
+    let found = pk::delete_leftovers(&client, REQUEST, alive)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut failed = 0;
     let lines = found
         .into_iter()
         .map(|l| match l {
             pk::Leftover::Deleted(n) => format!("deleted scratch namespace {n} (context {})", k.context),
-            pk::Leftover::Alive(n, why) if why == "dry run" => format!("would delete scratch namespace {n} (context {})", k.context),
+            pk::Leftover::Alive(n, why) if why == "dry run" => {
+                format!("would delete scratch namespace {n} (context {})", k.context)
+            }
             pk::Leftover::Alive(n, why) => format!("left alone: scratch namespace {n} ({why})"),
             pk::Leftover::AlreadyTerminating(n) => format!("scratch namespace {n} is already being deleted"),
             pk::Leftover::Failed(n, e) => {

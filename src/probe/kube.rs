@@ -44,7 +44,11 @@ pub enum KubeProbeError {
     #[error("list namespaces labelled {MANAGED_BY}={MANAGED_BY_VALUE}: {message}")]
     ListNamespaces { message: String },
     #[error("create ConfigMap {namespace}/{name}: {message}")]
-    CreateConfigMap { namespace: String, name: String, message: String },
+    CreateConfigMap {
+        namespace: String,
+        name: String,
+        message: String,
+    },
     #[error("build a client for {endpoint}: {message}")]
     Client { endpoint: String, message: String },
 }
@@ -74,7 +78,10 @@ fn api_code(e: &kube::Error) -> Option<u16> {
 }
 
 /// Runs `fut` within `timeout`; a timeout is an error naming it.
-async fn bounded<T>(timeout: Duration, fut: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, (Option<u16>, String)> {
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, (Option<u16>, String)> {
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err((None, format!("no answer within {timeout:?}"))),
         Ok(Err(e)) => Err((api_code(&e), describe(&e))),
@@ -90,8 +97,11 @@ async fn bounded<T>(timeout: Duration, fut: impl std::future::Future<Output = Re
 /// DNS-1123 label (lowercase, at most 63 characters). One per case, so a namespace still
 /// terminating from the previous case is never reused.
 pub fn scratch_namespace(run_id: &str, case: &str) -> String {
-    let run: String =
-        run_id.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let run: String = run_id
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
     let mut h: u32 = 0x811c9dc5;
     for b in case.bytes() {
         h ^= b as u32;
@@ -103,12 +113,20 @@ pub fn scratch_namespace(run_id: &str, case: &str) -> String {
 }
 
 fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Creates the scratch namespace (labelled as hadrill's), or accepts it when it already
 /// exists and is hadrill's. Refuses a namespace of the same name that is not hadrill's.
-pub async fn ensure_namespace(client: &Client, name: &str, run_id: &str, case: &str, timeout: Duration) -> Result<(), KubeProbeError> {
+pub async fn ensure_namespace(
+    client: &Client,
+    name: &str,
+    run_id: &str,
+    case: &str,
+    timeout: Duration,
+) -> Result<(), KubeProbeError> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {
         metadata: ObjectMeta {
@@ -125,16 +143,26 @@ pub async fn ensure_namespace(client: &Client, name: &str, run_id: &str, case: &
         },
         ..Default::default()
     };
-    let fail = |m: String| KubeProbeError::CreateNamespace { name: name.into(), message: m };
+    let fail = |m: String| KubeProbeError::CreateNamespace {
+        name: name.into(),
+        message: m,
+    };
     match bounded(timeout, api.create(&PostParams::default(), &ns)).await {
         Ok(_) => Ok(()),
         Err((Some(409), _)) => {
             let got = bounded(timeout, api.get(name)).await.map_err(|(_, m)| fail(m))?;
-            let ours = got.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).is_some_and(|v| v == MANAGED_BY_VALUE);
+            let ours = got
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_BY))
+                .is_some_and(|v| v == MANAGED_BY_VALUE);
             if !ours {
                 return Err(KubeProbeError::NotOurs { name: name.into() });
             }
-            if got.metadata.deletion_timestamp.is_some() || got.status.and_then(|s| s.phase).as_deref() == Some("Terminating") {
+            if got.metadata.deletion_timestamp.is_some()
+                || got.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
+            {
                 return Err(KubeProbeError::Terminating { name: name.into() });
             }
             Ok(())
@@ -144,7 +172,16 @@ pub async fn ensure_namespace(client: &Client, name: &str, run_id: &str, case: &
 }
 
 fn label_value(v: &str) -> String {
-    let mut s: String = v.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
+    let mut s: String = v
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     s.truncate(63);
     s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
@@ -155,7 +192,10 @@ pub async fn delete_namespace(client: &Client, name: &str, timeout: Duration) ->
     let api: Api<Namespace> = Api::all(client.clone());
     match bounded(timeout, api.delete(name, &DeleteParams::background())).await {
         Ok(_) | Err((Some(404), _)) => Ok(()),
-        Err((_, m)) => Err(KubeProbeError::DeleteNamespace { name: name.into(), message: m }),
+        Err((_, m)) => Err(KubeProbeError::DeleteNamespace {
+            name: name.into(),
+            message: m,
+        }),
     }
 }
 
@@ -188,8 +228,20 @@ pub async fn delete_leftovers(
             out.push(Leftover::AlreadyTerminating(name));
             continue;
         }
-        let run = ns.metadata.labels.as_ref().and_then(|l| l.get(RUN_LABEL)).cloned().unwrap_or_default();
-        let host = ns.metadata.annotations.as_ref().and_then(|a| a.get(HOST_ANNOTATION)).cloned().unwrap_or_default();
+        let run = ns
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(RUN_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        let host = ns
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HOST_ANNOTATION))
+            .cloned()
+            .unwrap_or_default();
         if let Some(why) = alive(&run, &host) {
             out.push(Leftover::Alive(name, why));
             continue;
@@ -221,9 +273,20 @@ pub fn run_alive_here(run_id: &str, host: &str) -> Option<String> {
 pub async fn prepare_configmaps(client: &Client, ns: &str, timeout: Duration) -> Result<(), KubeProbeError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     for name in CONFIGMAPS {
-        match bounded(timeout, api.create(&PostParams::default(), &configmap(name, 0, "created"))).await {
+        match bounded(
+            timeout,
+            api.create(&PostParams::default(), &configmap(name, 0, "created")),
+        )
+        .await
+        {
             Ok(_) | Err((Some(409), _)) => {}
-            Err((_, m)) => return Err(KubeProbeError::CreateConfigMap { namespace: ns.into(), name: name.into(), message: m }),
+            Err((_, m)) => {
+                return Err(KubeProbeError::CreateConfigMap {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    message: m,
+                })
+            }
         }
     }
     Ok(())
@@ -236,7 +299,10 @@ fn configmap(name: &str, seq: u64, at: &str) -> ConfigMap {
             labels: Some(BTreeMap::from([(MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string())])),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([("seq".to_string(), seq.to_string()), ("at".to_string(), at.to_string())])),
+        data: Some(BTreeMap::from([
+            ("seq".to_string(), seq.to_string()),
+            ("at".to_string(), at.to_string()),
+        ])),
         ..Default::default()
     }
 }
@@ -308,7 +374,12 @@ pub struct ApiHistory {
 
 impl ApiHistory {
     pub fn new(namespace: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), ops: Mutex::new(Vec::new()), started: AtomicU64::new(0), finished: AtomicU64::new(0) }
+        Self {
+            namespace: namespace.into(),
+            ops: Mutex::new(Vec::new()),
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+        }
     }
     pub fn push(&self, op: ApiOp) {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).push(op);
@@ -321,7 +392,12 @@ impl ApiHistory {
     }
     /// Successful requests of `kind` that ended at or after `t`.
     pub fn ok_since(&self, kind: ClientKind, t: Instant) -> usize {
-        self.ops.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|o| o.client == kind && o.outcome.is_ok() && o.end >= t).count()
+        self.ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|o| o.client == kind && o.outcome.is_ok() && o.end >= t)
+            .count()
     }
     /// Whether every round started so far has ended.
     pub fn settled(&self) -> bool {
@@ -372,25 +448,45 @@ pub async fn run_api(
         }
         seq += 1;
         for kind in [ClientKind::Reused, ClientKind::Fresh] {
-            let Ok(permit) = inflight.clone().try_acquire_owned() else { continue };
+            let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                continue;
+            };
             history.started.fetch_add(1, Ordering::SeqCst);
-            let (reused, fresh, history, timeline, streaks, cfg) =
-                (reused.clone(), fresh.clone(), history.clone(), timeline.clone(), streaks.clone(), cfg.clone());
+            let (reused, fresh, history, timeline, streaks, cfg) = (
+                reused.clone(),
+                fresh.clone(),
+                history.clone(),
+                timeline.clone(),
+                streaks.clone(),
+                cfg.clone(),
+            );
             tokio::spawn(async move {
                 let _permit = permit;
                 let ops = one_round(seq, kind, &cfg, &reused, &fresh, &history.namespace, &timeline).await;
                 for op in ops {
-                    streaks.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default().note(&op, &timeline);
+                    streaks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(kind)
+                        .or_default()
+                        .note(&op, &timeline);
                     history.push(op);
                 }
                 history.finished.fetch_add(1, Ordering::SeqCst);
             });
         }
     }
-    let _ = tokio::time::timeout(cfg.timeout * 2 + Duration::from_secs(2), inflight.acquire_many(max_inflight as u32)).await;
+    let _ = tokio::time::timeout(
+        cfg.timeout * 2 + Duration::from_secs(2),
+        inflight.acquire_many(max_inflight as u32),
+    )
+    .await;
     let ops = history.ops();
     let ok = ops.iter().filter(|o| o.outcome.is_ok()).count();
-    timeline.record("probe:kube-api", format!("API probe stopped: {} requests, {ok} answered", ops.len()));
+    timeline.record(
+        "probe:kube-api",
+        format!("API probe stopped: {} requests, {ok} answered", ops.len()),
+    );
 }
 
 async fn one_round(
@@ -416,11 +512,25 @@ async fn one_round(
         Err(e) => Err(e),
         Ok(c) => {
             let api: Api<ConfigMap> = Api::namespaced(c, ns);
-            bounded(cfg.timeout, api.replace(name, &PostParams::default(), &configmap(name, seq, &at))).await.map(|_| ()).map_err(|(_, m)| m)
+            bounded(
+                cfg.timeout,
+                api.replace(name, &PostParams::default(), &configmap(name, seq, &at)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(_, m)| m)
         }
     };
     let written = write.is_ok();
-    let w = ApiOp { seq, client: kind, verb: ApiVerb::Write, start, end: Instant::now(), start_wall, outcome: write };
+    let w = ApiOp {
+        seq,
+        client: kind,
+        verb: ApiVerb::Write,
+        start,
+        end: Instant::now(),
+        start_wall,
+        outcome: write,
+    };
     let start = Instant::now();
     let start_wall = timeline.wall_at(start);
     let read = match client(()) {
@@ -434,7 +544,9 @@ async fn one_round(
                     match got {
                         // the read is a quorum read: it sees the acknowledged write before it
                         // (or a later one, when rounds overlap)
-                        Some(g) if written && g < seq => Err(format!("stale read: seq {g}, after write {seq} was acknowledged")),
+                        Some(g) if written && g < seq => {
+                            Err(format!("stale read: seq {g}, after write {seq} was acknowledged"))
+                        }
                         Some(_) => Ok(()),
                         None => Err(format!("ConfigMap {ns}/{name} has no data.seq")),
                     }
@@ -442,7 +554,15 @@ async fn one_round(
             }
         }
     };
-    let r = ApiOp { seq, client: kind, verb: ApiVerb::Read, start, end: Instant::now(), start_wall, outcome: read };
+    let r = ApiOp {
+        seq,
+        client: kind,
+        verb: ApiVerb::Read,
+        start,
+        end: Instant::now(),
+        start_wall,
+        outcome: read,
+    };
     vec![w, r]
 }
 
@@ -463,7 +583,10 @@ impl Streak {
         let msg = match (&op.outcome, self.since) {
             (Err(e), _) => format!("{what}: failing ({:?} of ConfigMap seq {}): {e}", op.verb, op.seq),
             (Ok(()), Some(t)) if self.failing == Some(true) => {
-                format!("{what}: answering again ({:.3}s after the first failure)", op.end.saturating_duration_since(t).as_secs_f64())
+                format!(
+                    "{what}: answering again ({:.3}s after the first failure)",
+                    op.end.saturating_duration_since(t).as_secs_f64()
+                )
             }
             (Ok(()), _) => format!("{what}: answering"),
         };
@@ -480,7 +603,10 @@ impl Streak {
 /// A client that talks to one apiserver at `url` directly, with the kubeconfig's CA and
 /// credentials (client certificate, token, exec plugin: whatever the kubeconfig uses).
 pub fn endpoint_client(config: &kube::Config, url: &str, timeout: Duration) -> Result<Client, KubeProbeError> {
-    let fail = |m: String| KubeProbeError::Client { endpoint: url.into(), message: m };
+    let fail = |m: String| KubeProbeError::Client {
+        endpoint: url.into(),
+        message: m,
+    };
     let mut c = config.clone();
     c.cluster_url = url.parse().map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
     c.connect_timeout = Some(timeout);
@@ -524,20 +650,34 @@ pub async fn health(client: &Client, path: &str, timeout: Duration) -> Result<(u
 }
 
 /// `/livez` and `/readyz` of every apiserver endpoint `(url, node)`, each directly.
-pub async fn apiservers_health(config: &kube::Config, endpoints: &[(String, Option<String>)], timeout: Duration) -> Vec<HealthAnswer> {
+pub async fn apiservers_health(
+    config: &kube::Config,
+    endpoints: &[(String, Option<String>)],
+    timeout: Duration,
+) -> Vec<HealthAnswer> {
     let mut out = Vec::new();
     let answers = futures::future::join_all(endpoints.iter().map(|(url, node)| async move {
         let mut v = Vec::new();
         match endpoint_client(config, url, timeout) {
             Err(e) => {
                 for path in ["/livez", "/readyz"] {
-                    v.push(HealthAnswer { endpoint: url.clone(), node: node.clone(), path: path.into(), result: Err(e.to_string()) });
+                    v.push(HealthAnswer {
+                        endpoint: url.clone(),
+                        node: node.clone(),
+                        path: path.into(),
+                        result: Err(e.to_string()),
+                    });
                 }
             }
             Ok(c) => {
                 for path in ["/livez", "/readyz"] {
                     let result = health(&c, path, timeout).await;
-                    v.push(HealthAnswer { endpoint: url.clone(), node: node.clone(), path: path.into(), result });
+                    v.push(HealthAnswer {
+                        endpoint: url.clone(),
+                        node: node.clone(),
+                        path: path.into(),
+                        result,
+                    });
                 }
             }
         }
@@ -599,7 +739,11 @@ pub struct WatchHistory {
 
 impl Default for WatchHistory {
     fn default() -> Self {
-        Self { leases: Mutex::default(), nodes: Mutex::default(), changes: watch::channel(0).0 }
+        Self {
+            leases: Mutex::default(),
+            nodes: Mutex::default(),
+            changes: watch::channel(0).0,
+        }
     }
 }
 
@@ -638,7 +782,9 @@ pub fn lease_obs(l: &Lease, at: Instant, via: &'static str) -> LeaseObs {
         at,
         lease: l.metadata.name.clone().unwrap_or_default(),
         holder: spec.holder_identity.filter(|h| !h.is_empty()),
-        duration: spec.lease_duration_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
+        duration: spec
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64)),
         renew_time: spec.renew_time.as_ref().and_then(|t| chrono_of(&t.0)),
         acquire_time: spec.acquire_time.as_ref().and_then(|t| chrono_of(&t.0)),
         transitions: spec.lease_transitions,
@@ -648,13 +794,24 @@ pub fn lease_obs(l: &Lease, at: Instant, via: &'static str) -> LeaseObs {
 
 /// The observation a Node object makes of its Ready condition.
 pub fn node_obs(n: &Node, at: Instant, via: &'static str) -> NodeObs {
-    let cond = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready")).cloned();
+    let cond = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .cloned();
     NodeObs {
         at,
         node: n.metadata.name.clone().unwrap_or_default(),
-        status: cond.as_ref().map(|c| c.status.clone()).unwrap_or_else(|| "absent".into()),
+        status: cond
+            .as_ref()
+            .map(|c| c.status.clone())
+            .unwrap_or_else(|| "absent".into()),
         reason: cond.as_ref().and_then(|c| c.reason.clone()).unwrap_or_default(),
-        last_transition: cond.as_ref().and_then(|c| c.last_transition_time.as_ref()).and_then(|t| chrono_of(&t.0)),
+        last_transition: cond
+            .as_ref()
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(|t| chrono_of(&t.0)),
         via,
     }
 }
@@ -669,6 +826,7 @@ const WATCH_SERVER_TIMEOUT: u32 = 290;
 /// Lists, then watches from the list's resourceVersion; re-watches from the last version seen
 /// when a watch ends, re-lists when the version is gone (410) or on any error. Calls `seen`
 /// with every object. Runs until `stop`.
+#[allow(clippy::too_many_arguments)] // the watch's parts, each used once
 async fn watch_loop<K>(
     api: Api<K>,
     selector: WatchSelector,
@@ -736,11 +894,17 @@ async fn watch_loop<K>(
                         if let Some(v) = o.meta().resource_version.clone() {
                             rv = v;
                         }
-                        timeline.record("probe:kube-watch", format!("{what}: {} deleted", o.meta().name.clone().unwrap_or_default()));
+                        timeline.record(
+                            "probe:kube-watch",
+                            format!("{what}: {} deleted", o.meta().name.clone().unwrap_or_default()),
+                        );
                     }
                     Ok(Some(Ok(WatchEvent::Bookmark(b)))) => rv = b.metadata.resource_version,
                     Ok(Some(Ok(WatchEvent::Error(e)))) => {
-                        note_error(format!("the API ended the watch ({} {}): re-listing", e.code, e.message), &timeline);
+                        note_error(
+                            format!("the API ended the watch ({} {}): re-listing", e.code, e.message),
+                            &timeline,
+                        );
                         continue 'relist;
                     }
                     Ok(Some(Err(e))) => {
@@ -798,7 +962,9 @@ pub async fn run_lease_watch(
                     o.lease,
                     o.acquire_time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
                     o.transitions.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                    o.duration.map(|d| d.as_secs().to_string()).unwrap_or_else(|| "-".into()),
+                    o.duration
+                        .map(|d| d.as_secs().to_string())
+                        .unwrap_or_else(|| "-".into()),
                 ),
                 None => format!("lease kube-system/{}: no holder (released)", o.lease),
             };
@@ -807,7 +973,17 @@ pub async fn run_lease_watch(
         }
         history.push_lease(o);
     };
-    watch_loop(api, WatchSelector::Name(name.clone()), format!("lease kube-system/{name}"), LEASE_IDLE, timeout, timeline, seen, stop).await;
+    watch_loop(
+        api,
+        WatchSelector::Name(name.clone()),
+        format!("lease kube-system/{name}"),
+        LEASE_IDLE,
+        timeout,
+        timeline,
+        seen,
+        stop,
+    )
+    .await;
 }
 
 /// Watches the control-plane nodes; records every observation and Ready transitions.
@@ -841,19 +1017,35 @@ pub async fn run_node_watch(
         history.push_node(o);
     };
     let sel = WatchSelector::Labels(crate::target::discovery::CONTROL_PLANE_LABEL.to_string());
-    watch_loop(api, sel, "control-plane nodes".into(), NODE_IDLE, timeout, timeline, seen, stop).await;
+    watch_loop(
+        api,
+        sel,
+        "control-plane nodes".into(),
+        NODE_IDLE,
+        timeout,
+        timeline,
+        seen,
+        stop,
+    )
+    .await;
 }
 
 /// One direct read of a lease (the fallback when its watch is silent).
 pub async fn get_lease(client: &Client, name: &str, timeout: Duration) -> Result<LeaseObs, String> {
     let api: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
-    bounded(timeout, api.get(name)).await.map(|l| lease_obs(&l, Instant::now(), "get")).map_err(|(_, m)| m)
+    bounded(timeout, api.get(name))
+        .await
+        .map(|l| lease_obs(&l, Instant::now(), "get"))
+        .map_err(|(_, m)| m)
 }
 
 /// One direct read of a node (the fallback when the node watch is silent).
 pub async fn get_node(client: &Client, name: &str, timeout: Duration) -> Result<NodeObs, String> {
     let api: Api<Node> = Api::all(client.clone());
-    bounded(timeout, api.get(name)).await.map(|n| node_obs(&n, Instant::now(), "get")).map_err(|(_, m)| m)
+    bounded(timeout, api.get(name))
+        .await
+        .map(|n| node_obs(&n, Instant::now(), "get"))
+        .map_err(|(_, m)| m)
 }
 
 #[cfg(test)]
