@@ -152,14 +152,12 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
             (ctx.progress)(&case, &format!("creating the scratch namespace {ns}"));
             match pk::ensure_namespace(&ks.client, &ns, &run_id, &case, REQUEST).await {
                 Ok(()) => ks.namespace = Some(ns.clone()),
-                Err(e @ (pk::KubeProbeError::NotOurs { .. } | pk::KubeProbeError::Terminating { .. })) => {
-                    return Err(err(e.to_string()))
-                }
-                Err(e) => {
-                    // it may exist all the same (a create that timed out): delete it at the end
+                Err(e @ pk::KubeProbeError::CreateNamespace { answered: false, .. }) => {
+                    // no answer: it may exist all the same, so it is deleted at the end
                     ks.namespace = Some(ns.clone());
                     return Err(err(e.to_string()));
                 }
+                Err(e) => return Err(err(e.to_string())),
             }
             timeline.record(
                 "probe:kube-api",

@@ -34,7 +34,13 @@ pub const CONFIGMAPS: [&str; 2] = ["probe-reused", "probe-fresh"];
 #[derive(Debug, thiserror::Error)]
 pub enum KubeProbeError {
     #[error("create namespace {name}: {message}")]
-    CreateNamespace { name: String, message: String },
+    CreateNamespace {
+        name: String,
+        message: String,
+        /// The API answered (with a refusal): the namespace was not created. False after a
+        /// timeout or a transport error, when it may exist all the same.
+        answered: bool,
+    },
     #[error("namespace {name} exists and is not hadrill's (no label {MANAGED_BY}={MANAGED_BY_VALUE}): refusing to write into it")]
     NotOurs { name: String },
     #[error("namespace {name} is being deleted (phase Terminating): wait for it to go, or run `hadrill recover`")]
@@ -143,14 +149,17 @@ pub async fn ensure_namespace(
         },
         ..Default::default()
     };
-    let fail = |m: String| KubeProbeError::CreateNamespace {
+    let fail = |code: Option<u16>, m: String| KubeProbeError::CreateNamespace {
         name: name.into(),
         message: m,
+        answered: code.is_some(),
     };
     match bounded(timeout, api.create(&PostParams::default(), &ns)).await {
         Ok(_) => Ok(()),
         Err((Some(409), _)) => {
-            let got = bounded(timeout, api.get(name)).await.map_err(|(_, m)| fail(m))?;
+            let got = bounded(timeout, api.get(name))
+                .await
+                .map_err(|(_, m)| fail(Some(409), m))?;
             let ours = got
                 .metadata
                 .labels
@@ -167,7 +176,7 @@ pub async fn ensure_namespace(
             }
             Ok(())
         }
-        Err((_, m)) => Err(fail(m)),
+        Err((code, m)) => Err(fail(code, m)),
     }
 }
 

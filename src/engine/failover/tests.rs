@@ -827,3 +827,51 @@ fn rbac_covers(seen: &[String]) {
         );
     }
 }
+
+#[tokio::test]
+async fn a_refused_namespace_is_an_error_and_not_deleted_a_lost_answer_is_cleaned_up() {
+    for (refuse, expect_delete) in [(true, false), (false, true)] {
+        let deletes = Arc::new(AtomicUsize::new(0));
+        let d2 = deletes.clone();
+        let handler: Handler = Arc::new(move |r: Req| {
+            let d2 = d2.clone();
+            Box::pin(async move {
+                match r.method.as_str() {
+                    "POST" if refuse => Ok((
+                        403,
+                        status(
+                            403,
+                            "Forbidden",
+                            "namespaces is forbidden: User \"ci\" cannot create resource \"namespaces\"",
+                        ),
+                    )),
+                    "POST" => Err("connection reset by peer".into()),
+                    "DELETE" => {
+                        d2.fetch_add(1, Ordering::SeqCst);
+                        Ok((404, status(404, "NotFound", "namespaces not found")))
+                    }
+                    _ => Ok((404, status(404, "NotFound", "not found"))),
+                }
+            })
+        });
+        let (client, fresh, _, _, _t) = scripted(handler);
+        let mut st = state("failover::x");
+        st.probes.kube = Some(KubeProbes::new(
+            client,
+            fresh,
+            None,
+            "https://lb:6443".into(),
+            st.timeline.clone(),
+        ));
+        let spec = ProbeSpec::KubeApi {
+            per_second: 5,
+            timeout: Duration::from_secs(1),
+        };
+        match probe(&ctx(), &spec, &mut st).await.unwrap() {
+            Err(StepEnd::Error(m)) => assert!(m.starts_with("create namespace hadrill-"), "{m}"),
+            _ => panic!("expected a harness error"),
+        }
+        st.probes.stop_all().await;
+        assert_eq!(deletes.load(Ordering::SeqCst) == 1, expect_delete, "refused={refuse}");
+    }
+}
