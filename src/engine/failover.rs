@@ -132,7 +132,9 @@ async fn discovery_of(ks: &mut KubeProbes) -> Result<Discovery, StepEnd> {
 /// `Probe` steps of the Kubernetes probes; None when `spec` is not one.
 pub async fn probe(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Option<Result<(), StepEnd>> {
     match spec {
-        ProbeSpec::KubeApi { .. } | ProbeSpec::KubeWatch => Some(probe_(ctx, spec, st).await),
+        ProbeSpec::KubeApi { .. } | ProbeSpec::KubeWatch | ProbeSpec::KubeApiserverHealth { .. } => {
+            Some(probe_(ctx, spec, st).await)
+        }
         _ => None,
     }
 }
@@ -240,6 +242,17 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
                     "the watches' first lists did not all arrive within 10s (see the watch errors above)",
                 );
             }
+        }
+        ProbeSpec::KubeApiserverHealth { interval } => {
+            let Some(config) = ks.config.clone() else {
+                return Err(err("no kubeconfig to reach each apiserver with"));
+            };
+            (ctx.progress)(&case, "discovering the apiserver endpoints");
+            let d = discovery_of(ks).await?;
+            let endpoints: Vec<(String, Option<String>)> =
+                d.apiservers.iter().map(|a| (a.url(), a.node.clone())).collect();
+            let task = tokio::spawn(pk::run_health(config, endpoints, *interval, REQUEST, timeline, stop_rx));
+            st.probes.tasks.push(("kube-health".into(), task, stop_tx));
         }
         _ => return Err(err("not a Kubernetes probe")),
     }

@@ -699,6 +699,77 @@ pub async fn apiservers_health(
     out
 }
 
+/// One line for a health answer: `200`, `500: [-]etcd failed: reason withheld`, or why none.
+pub fn health_line(r: &Result<(u16, String), String>) -> String {
+    match r {
+        Ok((200, _)) => "200".into(),
+        Ok((code, body)) => {
+            let failing: Vec<&str> = body.lines().map(str::trim).filter(|l| l.starts_with("[-]")).collect();
+            if failing.is_empty() {
+                format!(
+                    "{code}: {}",
+                    body.lines().next().unwrap_or("").chars().take(120).collect::<String>()
+                )
+            } else {
+                format!("{code}: {}", failing.join(", "))
+            }
+        }
+        Err(e) => format!("no answer: {e}"),
+    }
+}
+
+/// Asks every apiserver endpoint `(url, node)` for `/readyz` every `interval` (each request
+/// within `timeout`) until `stop`; writes each change of answer to the timeline.
+pub async fn run_health(
+    config: kube::Config,
+    endpoints: Vec<(String, Option<String>)>,
+    interval: Duration,
+    timeout: Duration,
+    timeline: Arc<Timeline>,
+    stop: watch::Receiver<bool>,
+) {
+    let tasks: Vec<_> = endpoints
+        .into_iter()
+        .map(|(url, node)| {
+            let (config, timeline, mut stop) = (config.clone(), timeline.clone(), stop.clone());
+            tokio::spawn(async move {
+                let who = match &node {
+                    Some(n) => format!("apiserver {url} (node {n})"),
+                    None => format!("apiserver {url}"),
+                };
+                let client = match endpoint_client(&config, &url, timeout) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        timeline.record("probe:kube-health", format!("{who}: {e}"));
+                        return;
+                    }
+                };
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut last = String::new();
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick() => {}
+                    }
+                    if *stop.borrow() {
+                        break;
+                    }
+                    let at = Instant::now();
+                    let line = health_line(&health(&client, "/readyz", timeout).await);
+                    if line != last {
+                        timeline.record_at(at, "probe:kube-health", format!("{who} /readyz: {line}"));
+                        last = line;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Watches: leases and node Ready conditions
 // ---------------------------------------------------------------------------------------

@@ -245,6 +245,12 @@ pub enum ProbeSpec {
     /// Watches the controller-manager and scheduler leases and the control-plane nodes' Ready
     /// conditions; records holder changes and Ready transitions.
     KubeWatch,
+    /// Asks every apiserver for `/readyz` on its own address at this interval; records when
+    /// each stops and starts answering 200 (timeline evidence for the load balancer's view).
+    KubeApiserverHealth {
+        #[serde(default = "default_health_interval", with = "humantime_serde")]
+        interval: Duration,
+    },
 }
 
 /// A condition to wait for, with its deadline.
@@ -454,6 +460,9 @@ fn default_min_days() -> i64 {
 }
 fn default_kube_rate() -> u32 {
     5
+}
+fn default_health_interval() -> Duration {
+    Duration::from_millis(500)
 }
 fn default_slack() -> Duration {
     Duration::from_secs(10)

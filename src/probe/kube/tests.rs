@@ -821,3 +821,64 @@ async fn health_is_read_over_verified_tls_as_the_kubeconfig_user() {
     let e = answers[1].result.clone().unwrap_err();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
 }
+
+static SICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[tokio::test]
+async fn the_health_probe_records_when_an_apiserver_stops_being_ready_and_comes_back() {
+    let d = tls_double(&["127.0.0.1"], |_| {
+        if SICK.load(Ordering::SeqCst) {
+            (500, READYZ_ETCD_FAILED.to_string())
+        } else {
+            (200, "readyz check passed".to_string())
+        }
+    })
+    .await;
+    let cfg = config_for(&d.url, &d.ca_pem);
+    let tl = Arc::new(Timeline::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let eps = vec![(d.url.clone(), Some("cp-2".to_string()))];
+    let task = tokio::spawn(run_health(
+        cfg,
+        eps,
+        Duration::from_millis(50),
+        REQUEST_T,
+        tl.clone(),
+        stop_rx,
+    ));
+    let seen = |tl: Arc<Timeline>, what: &'static str| async move {
+        crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
+            let tl = tl.clone();
+            async move { tl.events().iter().any(|e| e.message.ends_with(what)).then_some(()) }
+        })
+        .await
+    };
+    assert!(seen(tl.clone(), "/readyz: 200").await.is_some());
+    SICK.store(true, Ordering::SeqCst);
+    assert!(seen(tl.clone(), "/readyz: 500: [-]etcd failed: reason withheld")
+        .await
+        .is_some());
+    SICK.store(false, Ordering::SeqCst);
+    crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
+        let tl = tl.clone();
+        async move {
+            (tl.events()
+                .iter()
+                .filter(|e| e.message.ends_with("/readyz: 200"))
+                .count()
+                == 2)
+                .then_some(())
+        }
+    })
+    .await
+    .expect("ready again");
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
+    let lines: Vec<String> = tl.events().into_iter().map(|e| e.message).collect();
+    // changes only, not every poll
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[1].starts_with(&format!("apiserver {} (node cp-2) /readyz: 500", d.url)),
+        "{lines:?}"
+    );
+}
