@@ -408,6 +408,17 @@ impl ApiHistory {
             .filter(|o| o.client == kind && o.outcome.is_ok() && o.end >= t)
             .count()
     }
+    /// Whether write `seq` of `kind` was acknowledged before `t` (seq 0 is the ConfigMap's
+    /// creation, before the probe started).
+    pub fn acknowledged_before(&self, kind: ClientKind, seq: u64, t: Instant) -> bool {
+        seq == 0
+            || self
+                .ops
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|o| o.client == kind && o.verb == ApiVerb::Write && o.seq == seq && o.outcome.is_ok() && o.end < t)
+    }
     /// Whether every round started so far has ended.
     pub fn settled(&self) -> bool {
         self.finished.load(Ordering::SeqCst) >= self.started.load(Ordering::SeqCst)
@@ -471,7 +482,7 @@ pub async fn run_api(
             );
             tokio::spawn(async move {
                 let _permit = permit;
-                let ops = one_round(seq, kind, &cfg, &reused, &fresh, &history.namespace, &timeline).await;
+                let ops = one_round(seq, kind, &cfg, &reused, &fresh, &history, &timeline).await;
                 for op in ops {
                     streaks
                         .lock()
@@ -504,9 +515,10 @@ async fn one_round(
     cfg: &ApiProbe,
     reused: &Client,
     fresh: &ClientFactory,
-    ns: &str,
+    history: &ApiHistory,
     timeline: &Timeline,
 ) -> Vec<ApiOp> {
+    let ns = history.namespace.as_str();
     let client = |_: ()| -> Result<Client, String> {
         match kind {
             ClientKind::Reused => Ok(reused.clone()),
@@ -531,6 +543,7 @@ async fn one_round(
         }
     };
     let written = write.is_ok();
+    let w_start = start;
     let w = ApiOp {
         seq,
         client: kind,
@@ -552,10 +565,12 @@ async fn one_round(
                     let got: Option<u64> = cm.data.as_ref().and_then(|d| d.get("seq")).and_then(|s| s.parse().ok());
                     match got {
                         // the read is a quorum read: it sees the acknowledged write before it
-                        // (or a later one, when rounds overlap)
-                        Some(g) if written && g < seq => {
-                            Err(format!("stale read: seq {g}, after write {seq} was acknowledged"))
-                        }
+                        // or a later one. An older value is stale only when its write was
+                        // acknowledged before this one started (rounds overlap, and a write
+                        // that timed out may still land late)
+                        Some(g) if written && g < seq && history.acknowledged_before(kind, g, w_start) => Err(format!(
+                            "stale read: seq {g} (acknowledged before write {seq} started), after write {seq} was acknowledged"
+                        )),
                         Some(_) => Ok(()),
                         None => Err(format!("ConfigMap {ns}/{name} has no data.seq")),
                     }

@@ -511,34 +511,55 @@ async fn the_api_probe_writes_and_reads_over_both_clients_and_records_an_outage(
 }
 
 #[tokio::test]
-async fn a_stale_read_is_a_failure() {
+async fn a_stale_read_is_a_failure_an_ambiguous_one_is_not() {
     // the read answers an older seq than the write just acknowledged
-    let (c, fresh, _, _, _t) = scripted(Arc::new(|r: Req| {
+    let read_seq = Arc::new(AtomicUsize::new(0));
+    let r2 = read_seq.clone();
+    let (c, fresh, _, _, _t) = scripted(Arc::new(move |r: Req| {
+        let g = r2.load(Ordering::SeqCst) as u64;
         Box::pin(async move {
             match r.method.as_str() {
                 "PUT" => Ok((200, r.body)),
-                _ => Ok((200, configmap_json("hadrill-x", "probe-reused", 0, 7))),
+                _ => Ok((200, configmap_json("hadrill-x", "probe-reused", g, 7))),
             }
         })
     }));
     let tl = Timeline::new();
-    let ops = one_round(
-        5,
-        ClientKind::Reused,
-        &ApiProbe {
-            per_second: 1,
-            timeout: REQUEST_T,
-        },
-        &c,
-        &fresh,
-        "hadrill-x",
-        &tl,
-    )
-    .await;
+    let cfg = ApiProbe {
+        per_second: 1,
+        timeout: REQUEST_T,
+    };
+    let h = ApiHistory::new("hadrill-x");
+    // the initial value, written before the probe started
+    let ops = one_round(5, ClientKind::Reused, &cfg, &c, &fresh, &h, &tl).await;
     assert!(ops[0].outcome.is_ok());
     assert_eq!(
         ops[1].outcome,
-        Err("stale read: seq 0, after write 5 was acknowledged".into())
+        Err("stale read: seq 0 (acknowledged before write 5 started), after write 5 was acknowledged".into())
+    );
+    // seq 4's write is still in flight (or timed out): it may land after 5, not stale
+    read_seq.store(4, Ordering::SeqCst);
+    let ops = one_round(5, ClientKind::Reused, &cfg, &c, &fresh, &h, &tl).await;
+    assert_eq!(ops[1].outcome, Ok(()));
+    // seq 4 acknowledged before write 5 started: reading it after 5 was acknowledged is stale
+    let t = Instant::now();
+    h.push(ApiOp {
+        seq: 4,
+        client: ClientKind::Reused,
+        verb: ApiVerb::Write,
+        start: t,
+        end: t,
+        start_wall: Utc::now(),
+        outcome: Ok(()),
+    });
+    let ops = one_round(5, ClientKind::Reused, &cfg, &c, &fresh, &h, &tl).await;
+    assert!(
+        ops[1]
+            .outcome
+            .as_ref()
+            .is_err_and(|e| e.starts_with("stale read: seq 4")),
+        "{:?}",
+        ops[1]
     );
 }
 
