@@ -580,6 +580,10 @@ async fn e2e_api_probe_and_watches_on_a_real_cluster() {
     let k = crate::target::kube::KubeTarget::load(std::path::Path::new(&path), None)
         .await
         .unwrap();
+    let cert = cert_covers_server(&k.server, k.config.tls_server_name.as_deref(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    eprintln!("serving certificate: {}", cert.message);
     let t = Target {
         kube: Some(k),
         ..Default::default()
