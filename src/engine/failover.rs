@@ -237,10 +237,25 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
             })
             .await;
             if got.is_none() {
-                st.timeline.record(
-                    "probe:kube-watch",
-                    "the watches' first lists did not all arrive within 10s (see the watch errors above)",
-                );
+                // without a first list there is no "before" to measure from: the harness
+                // cannot judge this case
+                let why: Vec<String> = st
+                    .timeline
+                    .events()
+                    .into_iter()
+                    .filter(|e| e.source == "probe:kube-watch")
+                    .map(|e| e.message)
+                    .collect();
+                return Err(err(format!(
+                    "the lease and node watches did not list {} node(s) and the leases {} within 10s{}",
+                    expect_nodes,
+                    expect_leases.join(", "),
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", why.join("; "))
+                    }
+                )));
             }
         }
         ProbeSpec::KubeApiserverHealth { interval } => {

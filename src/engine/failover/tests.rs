@@ -881,3 +881,47 @@ async fn a_refused_namespace_is_an_error_and_not_deleted_a_lost_answer_is_cleane
         assert_eq!(deletes.load(Ordering::SeqCst) == 1, expect_delete, "refused={refuse}");
     }
 }
+
+#[tokio::test]
+async fn watches_that_cannot_list_are_a_harness_error_naming_why() {
+    let c = cluster(15);
+    let base = c.handler.clone();
+    let handler: Handler = Arc::new(move |r: Req| {
+        if r.path == "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases" {
+            return Box::pin(async {
+                Ok((
+                    403,
+                    status(
+                        403,
+                        "Forbidden",
+                        "leases.coordination.k8s.io is forbidden: User \"ci\" cannot list resource \"leases\"",
+                    ),
+                ))
+            });
+        }
+        base(r)
+    });
+    let (client, fresh, _, _, _t) = scripted(handler);
+    let mut st = state("failover::x");
+    st.probes.kube = Some(KubeProbes::new(
+        client,
+        fresh,
+        None,
+        "https://10.0.0.10:6443".into(),
+        st.timeline.clone(),
+    ));
+    match probe(&ctx(), &ProbeSpec::KubeWatch, &mut st).await.unwrap() {
+        Err(StepEnd::Error(m)) => {
+            assert!(
+                m.contains("did not list 3 node(s) and the leases kube-controller-manager, kube-scheduler within 10s"),
+                "{m}"
+            );
+            assert!(
+                m.contains("403 Forbidden: leases.coordination.k8s.io is forbidden"),
+                "{m}"
+            );
+        }
+        _ => panic!("expected a harness error"),
+    }
+    st.probes.stop_all().await;
+}
