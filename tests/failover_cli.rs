@@ -107,3 +107,20 @@ fn recover_says_when_it_cannot_look_for_leftover_namespaces() {
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("namespace"), "{shown}");
 }
+
+#[test]
+fn plan_names_the_scratch_namespace_a_case_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let (out, shown) = hadrill(d.path(), &["plan", "failover::"]);
+    assert!(out.status.success(), "{shown}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let writes = text
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .starts_with("writes: ConfigMaps probe-reused, probe-fresh in a scratch namespace")
+        })
+        .count();
+    // the two cases with an API probe: kubelet stop and apiserver stop
+    assert_eq!(writes, 2, "{shown}");
+}

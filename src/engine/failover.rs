@@ -754,6 +754,19 @@ async fn cert_covers(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcom
         .map_err(err)
 }
 
+/// What a case writes to the cluster besides its faults (for `plan`): the API probe's
+/// scratch namespace.
+pub fn plan_writes(case: &crate::suite::Case) -> Option<String> {
+    case.steps.iter().any(|s| matches!(s, crate::suite::Step::Probe(ProbeSpec::KubeApi { .. }))).then(|| {
+        format!(
+            "ConfigMaps {} in a scratch namespace hadrill-<run>-<case> labelled {}={}, deleted at the end of the case (`hadrill recover` deletes leftovers)",
+            pk::CONFIGMAPS.join(", "),
+            pk::MANAGED_BY,
+            pk::MANAGED_BY_VALUE
+        )
+    })
+}
+
 /// Whether the target's control-plane nodes run a kubelet (the `kubelet` requirement).
 pub fn kubelet_available(t: &crate::target::Target) -> Result<(), String> {
     if t.kube.is_none() {
