@@ -99,7 +99,7 @@ fn recover_says_when_it_cannot_look_for_leftover_namespaces() {
     assert_eq!(out.status.code(), Some(1), "{shown}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("cannot look for leftover scratch namespaces in context lab: list namespaces labelled app.kubernetes.io/managed-by=hadrill:"),
+        text.contains("cannot look for leftover scratch namespaces in context lab: list namespaces labelled app.kubernetes.io/managed-by=hadrill,hadrill.io/role=scratch:"),
         "{shown}"
     );
     // without a kubeconfig, recover does not touch any cluster

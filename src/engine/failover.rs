@@ -163,11 +163,7 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
             }
             timeline.record(
                 "probe:kube-api",
-                format!(
-                    "scratch namespace {ns} ready (labelled {}={})",
-                    pk::MANAGED_BY,
-                    pk::MANAGED_BY_VALUE
-                ),
+                format!("scratch namespace {ns} ready (labelled {})", pk::SCRATCH_SELECTOR),
             );
             pk::prepare_configmaps(&ks.client, &ns, REQUEST)
                 .await
@@ -759,10 +755,9 @@ async fn cert_covers(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcom
 pub fn plan_writes(case: &crate::suite::Case) -> Option<String> {
     case.steps.iter().any(|s| matches!(s, crate::suite::Step::Probe(ProbeSpec::KubeApi { .. }))).then(|| {
         format!(
-            "ConfigMaps {} in a scratch namespace hadrill-<run>-<case> labelled {}={}, deleted at the end of the case (`hadrill recover` deletes leftovers)",
+            "ConfigMaps {} in a scratch namespace hadrill-<run>-<case> labelled {}, deleted at the end of the case (`hadrill recover` deletes leftovers)",
             pk::CONFIGMAPS.join(", "),
-            pk::MANAGED_BY,
-            pk::MANAGED_BY_VALUE
+            pk::SCRATCH_SELECTOR
         )
     })
 }

@@ -23,6 +23,12 @@ use super::Timeline;
 /// The label every namespace hadrill creates carries (`hadrill recover` deletes by it).
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "hadrill";
+/// What a hadrill namespace is for: `scratch` for the API probe's (the `pod` node access
+/// uses `node-access` for its pods). `recover` deletes only scratch namespaces.
+pub const ROLE_LABEL: &str = "hadrill.io/role";
+pub const ROLE_SCRATCH: &str = "scratch";
+/// The label selector of the scratch namespaces.
+pub const SCRATCH_SELECTOR: &str = "app.kubernetes.io/managed-by=hadrill,hadrill.io/role=scratch";
 /// The run that created a scratch namespace (the ledger's run id).
 pub const RUN_LABEL: &str = "hadrill.io/run";
 /// The machine the run lives on, so `recover` can tell whether the run is still alive.
@@ -41,13 +47,13 @@ pub enum KubeProbeError {
         /// timeout or a transport error, when it may exist all the same.
         answered: bool,
     },
-    #[error("namespace {name} exists and is not hadrill's (no label {MANAGED_BY}={MANAGED_BY_VALUE}): refusing to write into it")]
+    #[error("namespace {name} exists and is not a hadrill scratch namespace (labels {SCRATCH_SELECTOR}): refusing to write into it")]
     NotOurs { name: String },
     #[error("namespace {name} is being deleted (phase Terminating): wait for it to go, or run `hadrill recover`")]
     Terminating { name: String },
     #[error("delete namespace {name}: {message}")]
     DeleteNamespace { name: String, message: String },
-    #[error("list namespaces labelled {MANAGED_BY}={MANAGED_BY_VALUE}: {message}")]
+    #[error("list namespaces labelled {SCRATCH_SELECTOR}: {message}")]
     ListNamespaces { message: String },
     #[error("create ConfigMap {namespace}/{name}: {message}")]
     CreateConfigMap {
@@ -139,6 +145,7 @@ pub async fn ensure_namespace(
             name: Some(name.into()),
             labels: Some(BTreeMap::from([
                 (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+                (ROLE_LABEL.to_string(), ROLE_SCRATCH.to_string()),
                 (RUN_LABEL.to_string(), label_value(run_id)),
             ])),
             annotations: Some(BTreeMap::from([
@@ -160,12 +167,9 @@ pub async fn ensure_namespace(
             let got = bounded(timeout, api.get(name))
                 .await
                 .map_err(|(_, m)| fail(Some(409), m))?;
-            let ours = got
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(MANAGED_BY))
-                .is_some_and(|v| v == MANAGED_BY_VALUE);
+            let labels = got.metadata.labels.clone().unwrap_or_default();
+            let ours = labels.get(MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE)
+                && labels.get(ROLE_LABEL).is_some_and(|v| v == ROLE_SCRATCH);
             if !ours {
                 return Err(KubeProbeError::NotOurs { name: name.into() });
             }
@@ -226,8 +230,8 @@ pub async fn delete_leftovers(
     alive: impl Fn(&str, &str) -> Option<String>,
 ) -> Result<Vec<Leftover>, KubeProbeError> {
     let api: Api<Namespace> = Api::all(client.clone());
-    let selector = format!("{MANAGED_BY}={MANAGED_BY_VALUE}");
-    let list = bounded(timeout, api.list(&ListParams::default().labels(&selector)))
+    let selector = SCRATCH_SELECTOR;
+    let list = bounded(timeout, api.list(&ListParams::default().labels(selector)))
         .await
         .map_err(|(_, m)| KubeProbeError::ListNamespaces { message: m })?;
     let mut out = Vec::new();

@@ -104,6 +104,7 @@ pub(crate) fn namespace_json(name: &str, ours: bool, terminating: bool) -> Strin
     if ours {
         labels[MANAGED_BY] = MANAGED_BY_VALUE.into();
         labels[RUN_LABEL] = "20261121T101010123-4242".into();
+        labels[ROLE_LABEL] = ROLE_SCRATCH.into();
     }
     let mut v = serde_json::json!({
         "kind":"Namespace","apiVersion":"v1",
@@ -284,6 +285,7 @@ async fn the_namespace_body_carries_the_label_recover_deletes_by() {
     let v: serde_json::Value = serde_json::from_str(&bodies.lock().unwrap()[0]).unwrap();
     assert_eq!(v["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
     assert_eq!(v["metadata"]["labels"][RUN_LABEL], "20261121T101010123-4242");
+    assert_eq!(v["metadata"]["labels"][ROLE_LABEL], "scratch");
     assert_eq!(v["metadata"]["annotations"][CASE_ANNOTATION], "failover::c");
 }
 
@@ -294,7 +296,7 @@ async fn leftovers_of_dead_runs_are_deleted_and_live_ones_left_alone() {
             match r.method.as_str() {
                 "GET" => {
                     assert!(
-                        r.has("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dhadrill"),
+                        r.has("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dhadrill%2Chadrill.io%2Frole%3Dscratch"),
                         "{}",
                         r.query
                     );
