@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod dr;
+pub mod failover;
 pub mod quorum;
 pub mod skew;
 pub mod kube_certs;

@@ -70,6 +70,9 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
         for line in w {
             println!("    writes: {line}");
         }
+        if let Some(w) = crate::engine::failover::plan_writes(&c) {
+            println!("    writes: {w}");
+        }
     }
     println!("\n{faults} fault(s) would be injected; every one is journaled in the ledger before it is applied.");
     Ok(Code::Ok)

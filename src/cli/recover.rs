@@ -20,9 +20,11 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
     let ledger = Ledger::open(&dir).map_err(|e| Fatal::usage(e.to_string()))?;
     let entries = ledger.entries().map_err(|e| Fatal::usage(e.to_string()))?;
     let rt = super::runtime()?;
+    // the ledger's faults first: nothing about the Kubernetes API may stand in their way
     let mut failed = 0;
     if entries.is_empty() {
         println!("hadrill recover: the ledger {} holds no fault: nothing to revert", dir.display());
+        failed += scratch_namespaces(g, &args, &rt)?;
         if !args.dry_run {
             failed += rt.block_on(access_pods(g))?;
         }
@@ -63,6 +65,7 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
             }
         }
     }
+    failed += scratch_namespaces(g, &args, &rt)?;
     if !args.dry_run {
         failed += rt.block_on(access_pods(g))?;
     }
@@ -98,4 +101,29 @@ async fn access_pods(g: &Global) -> Result<usize, Fatal> {
         }
     }
     Ok(failed)
+}
+
+/// Deletes the scratch namespaces that runs left behind, when a kubeconfig is at hand
+/// (`--kubeconfig`, the config's, or $KUBECONFIG). Returns how many could not be deleted.
+fn scratch_namespaces(g: &Global, args: &RecoverArgs, rt: &tokio::runtime::Runtime) -> Result<usize, Fatal> {
+    let resolved = super::target::resolve(g)?;
+    let kubeconfig = resolved.kubeconfig.clone().or_else(|| {
+        std::env::var_os("KUBECONFIG").and_then(|k| std::env::split_paths(&k).next()).filter(|p| !p.as_os_str().is_empty())
+    });
+    let Some(path) = kubeconfig else { return Ok(0) };
+    let k = rt
+        .block_on(crate::target::kube::KubeTarget::load(&path, resolved.context.as_deref()))
+        .map_err(|e| Fatal::usage(e.to_string()))?;
+    match rt.block_on(crate::engine::failover::recover_namespaces(&k, args.dry_run, args.force)) {
+        Ok((lines, failed)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(failed)
+        }
+        Err(e) => {
+            println!("cannot look for leftover scratch namespaces in context {}: {e}", k.context);
+            Ok(1)
+        }
+    }
 }

@@ -5,6 +5,7 @@
 mod certs;
 pub mod dr;
 pub mod controlplane;
+pub mod failover;
 mod quorum;
 pub mod selftest;
 mod kube;
@@ -245,6 +246,7 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
             }
             Requirement::EtcdCaKey => certs::ca_key_available(t)?,
             Requirement::KubeCaKey => kubecerts::ca_key_available(t)?,
+            Requirement::Kubelet => failover::kubelet_available(t)?,
         }
     }
     Ok(())

@@ -144,6 +144,7 @@ pub async fn probe(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Re
             qs.status = Some(h.clone());
             ("etcd-status", tokio::spawn(pq::run_status(*interval, qs.readers.clone(), h, timeline, stop_rx)))
         }
+        other => return Err(err(format!("probe `{}` is not an etcd probe", serde_json::to_string(other).unwrap_or_default()))),
     };
     st.probes.tasks.push((name.to_string(), task, stop_tx));
     Ok(())
@@ -239,6 +240,7 @@ pub async fn await_(ctx: &RunContext, spec: &AwaitSpec, st: &mut CaseState) -> R
             tokio::time::sleep(*duration).await;
             Ok(())
         }
+        other => Err(err(format!("await `{}` is not an etcd wait", serde_json::to_string(other).unwrap_or_default()))),
     }
 }
 

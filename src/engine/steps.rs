@@ -18,6 +18,8 @@ pub struct ProbeSet {
     pub tasks: Vec<(String, JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
     /// The etcd quorum probes' clients and histories, read by the quorum checks.
     pub quorum: Option<super::quorum::QuorumState>,
+    /// The Kubernetes probes' clients, histories and scratch namespace.
+    pub kube: Option<super::failover::KubeProbes>,
 }
 
 impl ProbeSet {
@@ -30,6 +32,10 @@ impl ProbeSet {
             if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
                 tracing::warn!("probe {name} did not stop within 10s");
             }
+        }
+        if let Some(k) = self.kube.as_mut() {
+            // best effort within its deadline; the outcome is on the timeline
+            let _ = k.cleanup().await;
         }
     }
 }
@@ -54,8 +60,14 @@ pub async fn run(ctx: &RunContext, step: &Step, st: &mut CaseState) -> Result<()
                 Err(StepEnd::Error(format!("heal failed: {}", errors.join("; "))))
             }
         }
-        Step::Probe(spec) => super::quorum::probe(ctx, spec, st).await,
-        Step::Await(spec) => super::quorum::await_(ctx, spec, st).await,
+        Step::Probe(spec) => match super::failover::probe(ctx, spec, st).await {
+            Some(r) => r,
+            None => super::quorum::probe(ctx, spec, st).await,
+        },
+        Step::Await(spec) => match super::failover::await_(ctx, spec, st).await {
+            Some(r) => r,
+            None => super::quorum::await_(ctx, spec, st).await,
+        },
     }
 }
 
@@ -106,6 +118,9 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         | CheckSpec::LbRoutesAroundExpiredCert { .. }
         | CheckSpec::ApiserverServesValidCert { .. }) => super::kubecerts::check(ctx, k, st).await?,
         k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingAMinor) => super::skew::check(ctx, k, st).await?,
+        k @ (CheckSpec::KubeApiAvailable { .. } | CheckSpec::KubeApiserversReady { .. } | CheckSpec::KubeServerCertCoversServer) => {
+            super::failover::check(ctx, k, st).await.expect("a failover check")?
+        }
         other => match super::quorum::check(ctx, other, st).await {
             Some(r) => r?,
             None => {

@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod history;
 pub mod lb;
+pub mod kube;
 pub mod quorum;
 mod timeline;
 

@@ -56,6 +56,8 @@ pub enum Requirement {
     /// `kube_ca_key` in the config, the rig's kube PKI, or a control-plane node through node
     /// access (read into memory, never written here).
     KubeCaKey,
+    /// Control-plane nodes that run a kubelet (a Kubernetes cluster; not the local rig).
+    Kubelet,
 }
 
 /// A step of a case, run in order. Faults injected by earlier steps stay until a `heal` step
@@ -252,6 +254,24 @@ pub enum ProbeSpec {
         #[serde(default = "default_interval", with = "humantime_serde")]
         interval: Duration,
     },
+    /// Updates and reads a ConfigMap in a scratch namespace through the kubeconfig server (the
+    /// load balancer) at a steady rate, with one reused client and one new connection per
+    /// request; records every outcome.
+    KubeApi {
+        #[serde(default = "default_kube_rate")]
+        per_second: u32,
+        #[serde(default = "default_request_timeout", with = "humantime_serde")]
+        timeout: Duration,
+    },
+    /// Watches the controller-manager and scheduler leases and the control-plane nodes' Ready
+    /// conditions; records holder changes and Ready transitions.
+    KubeWatch,
+    /// Asks every apiserver for `/readyz` on its own address at this interval; records when
+    /// each stops and starts answering 200 (timeline evidence for the load balancer's view).
+    KubeApiserverHealth {
+        #[serde(default = "default_health_interval", with = "humantime_serde")]
+        interval: Duration,
+    },
 }
 
 /// A condition to wait for, with its deadline.
@@ -273,6 +293,33 @@ pub enum AwaitSpec {
     Observe {
         #[serde(with = "humantime_serde")]
         duration: Duration,
+    },
+    /// Both clients of the API probe have this many successful requests since the step began.
+    KubeApiAnswers {
+        count: usize,
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// The node the last fault hit turns NotReady (Ready `False` or `Unknown`) within the
+    /// controller-manager's node-monitor grace period plus `slack` (or `within`, when given),
+    /// measured from the fault.
+    NodeNotReady {
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
+        #[serde(default = "default_slack", with = "humantime_serde")]
+        slack: Duration,
+    },
+    /// Every control-plane node is Ready again.
+    NodesReady {
+        #[serde(with = "humantime_serde")]
+        within: Duration,
+    },
+    /// Another instance holds the component's lease within leaseDurationSeconds + its
+    /// `--leader-elect-retry-period` + `slack`, measured from the fault.
+    LeaseTakeover {
+        component: Component,
+        #[serde(default = "default_slack", with = "humantime_serde")]
+        slack: Duration,
     },
 }
 
@@ -425,6 +472,20 @@ pub enum CheckSpec {
         #[serde(with = "humantime_serde")]
         within: Duration,
     },
+    /// Through the load balancer, the API probe's longest run of failed requests (each
+    /// client: reused and new connections) lasted at most `max_disruption` since the fault.
+    KubeApiAvailable {
+        #[serde(default = "default_max_disruption", with = "humantime_serde")]
+        max_disruption: Duration,
+    },
+    /// Every apiserver answers `/livez` and `/readyz` 200 on its own address (verified with the
+    /// cluster CA, as the kubeconfig user); with `within`, waits until they all do.
+    KubeApiserversReady {
+        #[serde(default, with = "humantime_serde")]
+        within: Option<Duration>,
+    },
+    /// The certificate served at the kubeconfig server has a SAN that covers its host.
+    KubeServerCertCoversServer,
 }
 
 /// How a `harness_selftest` check ends its case.
@@ -478,6 +539,18 @@ fn default_min_days() -> i64 {
 }
 fn default_snapshot_within() -> Duration {
     Duration::from_secs(300)
+}
+fn default_kube_rate() -> u32 {
+    5
+}
+fn default_health_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_slack() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_disruption() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_dead_man() -> Duration {
     Duration::from_secs(120)
