@@ -119,7 +119,9 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         | CheckSpec::ApiserverServesValidCert { .. }) => super::kubecerts::check(ctx, k, st).await?,
         k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingAMinor) => super::skew::check(ctx, k, st).await?,
         k @ (CheckSpec::KubeApiAvailable { .. } | CheckSpec::KubeApiserversReady { .. } | CheckSpec::KubeServerCertCoversServer) => {
-            super::failover::check(ctx, k, st).await.expect("a failover check")?
+            super::failover::check(ctx, k, st)
+                .await
+                .unwrap_or_else(|| Err(StepEnd::Error(format!("check `{}` has no failover arm", label(&Step::Check(k.clone()))))))?
         }
         other => match super::quorum::check(ctx, other, st).await {
             Some(r) => r?,
