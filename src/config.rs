@@ -117,7 +117,8 @@ mod tests {
     fn node_access_section_is_typed_and_its_key_path_follows_the_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("t.yaml");
-        std::fs::write(&p, "kubeconfig: kc\nnode_access:\n  backend: ssh\n  ssh:\n    user: root\n    key: keys/id\n").unwrap();
+        std::fs::write(&p, "kubeconfig: kc\nnode_access:\n  backend: ssh\n  ssh:\n    user: root\n    key: keys/id\n")
+            .unwrap();
         let c = Config::load(&p).unwrap();
         let na = c.node_access.unwrap();
         assert_eq!(na.backend, crate::node::select::Backend::Ssh);
@@ -130,7 +131,12 @@ mod tests {
     #[test]
     fn round_trips_as_yaml() {
         let c = Config {
-            etcd: Some(EtcdConfig { endpoints: vec!["https://a:2379".into()], cacert: Some("/ca".into()), cert: None, key: None }),
+            etcd: Some(EtcdConfig {
+                endpoints: vec!["https://a:2379".into()],
+                cacert: Some("/ca".into()),
+                cert: None,
+                key: None,
+            }),
             rig: Some("/tmp/r".into()),
             ..Default::default()
         };

@@ -27,43 +27,18 @@ fn serving(ca: &Ca, window: (chrono::DateTime<Utc>, chrono::DateTime<Utc>)) -> (
 }
 
 async fn present(url: &str, ca: &Ca, id: Option<&hadrill::tls::mint::Minted>) -> tls::HttpAnswer {
-    let identity = id.map(|m| Identity {
-        cert_pem: m.cert_pem.as_bytes(),
-        key_pem: m.key_pem.as_bytes(),
-    });
-    tls::https_get(
-        url,
-        ca.cert_pem().as_bytes(),
-        identity,
-        Duration::from_secs(5),
-        PROBE_PATH,
-    )
-    .await
-    .unwrap()
+    let identity = id.map(|m| Identity { cert_pem: m.cert_pem.as_bytes(), key_pem: m.key_pem.as_bytes() });
+    tls::https_get(url, ca.cert_pem().as_bytes(), identity, Duration::from_secs(5), PROBE_PATH).await.unwrap()
 }
 
 fn bad_cert(ca: &Ca, kind: ClientCertKind) -> hadrill::tls::mint::Minted {
     let now = Utc::now();
     match kind {
-        ClientCertKind::Expired => ca
-            .issue(&LeafSpec::client(
-                "hadrill-certs-probe",
-                Window::Expired,
-                now,
-            ))
-            .unwrap(),
-        ClientCertKind::NotYetValid => ca
-            .issue(&LeafSpec::client(
-                "hadrill-certs-probe",
-                Window::NotYetValid,
-                now,
-            ))
-            .unwrap(),
-        _ => ca
-            .impostor()
-            .unwrap()
-            .issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now))
-            .unwrap(),
+        ClientCertKind::Expired => ca.issue(&LeafSpec::client("hadrill-certs-probe", Window::Expired, now)).unwrap(),
+        ClientCertKind::NotYetValid => {
+            ca.issue(&LeafSpec::client("hadrill-certs-probe", Window::NotYetValid, now)).unwrap()
+        }
+        _ => ca.impostor().unwrap().issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now)).unwrap(),
     }
 }
 
@@ -71,45 +46,20 @@ fn bad_cert(ca: &Ca, kind: ClientCertKind) -> hadrill::tls::mint::Minted {
 async fn bad_certificates_get_401_and_the_control_is_authenticated() {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
-    let url = apiserver_double(
-        &ca,
-        serving(&ca, (now - D::hours(1), now + D::days(365))),
-        false,
-    )
-    .await;
-    for kind in [
-        ClientCertKind::Expired,
-        ClientCertKind::NotYetValid,
-        ClientCertKind::UnknownCa,
-    ] {
+    let url = apiserver_double(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), false).await;
+    for kind in [ClientCertKind::Expired, ClientCertKind::NotYetValid, ClientCertKind::UnknownCa] {
         let m = bad_cert(&ca, kind);
         let a = present(&url, &ca, Some(&m)).await;
         assert_eq!(a.status, Some(401), "{kind:?}: {a:?}");
         let w = window_pem(&m.cert_pem).unwrap();
-        let (o, untested) =
-            kube_certs::refuses_client_cert(kind, Some(&w), &[(format!("apiserver {url}"), a)]);
+        let (o, untested) = kube_certs::refuses_client_cert(kind, Some(&w), &[(format!("apiserver {url}"), a)]);
         assert!(o.passed && untested.is_empty(), "{kind:?}: {}", o.message);
-        assert!(
-            o.message
-                .contains("HTTP 401 Unauthorized (Status reason `Unauthorized`)"),
-            "{}",
-            o.message
-        );
+        assert!(o.message.contains("HTTP 401 Unauthorized (Status reason `Unauthorized`)"), "{}", o.message);
     }
     let none = present(&url, &ca, None).await;
-    let (o, _) = kube_certs::refuses_client_cert(
-        ClientCertKind::Missing,
-        None,
-        &[(format!("apiserver {url}"), none)],
-    );
-    assert!(
-        o.passed && o.message.contains("403 Forbidden as system:anonymous"),
-        "{}",
-        o.message
-    );
-    let control = ca
-        .issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now))
-        .unwrap();
+    let (o, _) = kube_certs::refuses_client_cert(ClientCertKind::Missing, None, &[(format!("apiserver {url}"), none)]);
+    assert!(o.passed && o.message.contains("403 Forbidden as system:anonymous"), "{}", o.message);
+    let control = ca.issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now)).unwrap();
     let a = present(&url, &ca, Some(&control)).await;
     let (o, _) = kube_certs::accepts_control_cert(
         "hadrill-certs-probe",
@@ -123,28 +73,16 @@ async fn bad_certificates_get_401_and_the_control_is_authenticated() {
         .issue(&LeafSpec::client("hadrill-certs-probe", Window::Valid, now))
         .unwrap();
     let a = present(&url, &ca, Some(&other)).await;
-    let (o, _) = kube_certs::accepts_control_cert(
-        "hadrill-certs-probe",
-        &window_pem(&other.cert_pem).unwrap(),
-        &[(url, a)],
-    );
-    assert!(
-        !o.passed && o.message.contains("REFUSED a valid client certificate"),
-        "{}",
-        o.message
-    );
+    let (o, _) =
+        kube_certs::accepts_control_cert("hadrill-certs-probe", &window_pem(&other.cert_pem).unwrap(), &[(url, a)]);
+    assert!(!o.passed && o.message.contains("REFUSED a valid client certificate"), "{}", o.message);
 }
 
 #[tokio::test]
 async fn a_careless_authenticator_fails_the_refusal_cases() {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
-    let url = apiserver_double(
-        &ca,
-        serving(&ca, (now - D::hours(1), now + D::days(365))),
-        true,
-    )
-    .await;
+    let url = apiserver_double(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), true).await;
     let m = bad_cert(&ca, ClientCertKind::Expired);
     let a = present(&url, &ca, Some(&m)).await;
     let (o, _) = kube_certs::refuses_client_cert(
@@ -168,44 +106,19 @@ async fn an_expired_serving_certificate_is_named() {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
     let url = apiserver_double(&ca, serving(&ca, Window::Expired.bounds(now)), false).await;
-    let o = tls::handshake(&url, ca.cert_pem().as_bytes(), None, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            o,
-            HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { .. })
-        ),
-        "{o:?}"
-    );
+    let o = tls::handshake(&url, ca.cert_pem().as_bytes(), None, Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(o, HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { .. })), "{o:?}");
     assert!(o.to_string().contains("it has expired"), "{o}");
-    let chain = tls::peer_chain(&url, Some(ca.cert_pem().as_bytes()), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let chain = tls::peer_chain(&url, Some(ca.cert_pem().as_bytes()), Duration::from_secs(5)).await.unwrap();
     let w = hadrill::check::certs::window(&chain.certs[0]).unwrap();
-    let (v, _) = hadrill::check::certs::serving_windows(
-        "x",
-        "y",
-        &[(format!("apiserver {url}"), Ok(w))],
-        now,
-        30,
-    );
-    assert!(
-        !v.passed && v.message.contains("serving certificate EXPIRED"),
-        "{}",
-        v.message
-    );
+    let (v, _) = hadrill::check::certs::serving_windows("x", "y", &[(format!("apiserver {url}"), Ok(w))], now, 30);
+    assert!(!v.passed && v.message.contains("serving certificate EXPIRED"), "{}", v.message);
 }
 
 async fn through_haproxy(server_check: &str) -> Option<hadrill::check::CheckOutcome> {
     let ca = Ca::generate("kubernetes").unwrap();
     let now = Utc::now();
-    let good = apiserver_double(
-        &ca,
-        serving(&ca, (now - D::hours(1), now + D::days(365))),
-        false,
-    )
-    .await;
+    let good = apiserver_double(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), false).await;
     let expired = apiserver_double(&ca, serving(&ca, Window::Expired.bounds(now)), false).await;
     let ca_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca_file.path(), ca.cert_pem()).unwrap();
@@ -213,13 +126,7 @@ async fn through_haproxy(server_check: &str) -> Option<hadrill::check::CheckOutc
         &[&good, &expired],
         &server_check.replace("CA_FILE", &ca_file.path().display().to_string()),
     )?;
-    let samples = hadrill::probe::lb::sample(
-        &h.url,
-        ca.cert_pem().as_bytes(),
-        Duration::from_secs(5),
-        |_| {},
-    )
-    .await;
+    let samples = hadrill::probe::lb::sample(&h.url, ca.cert_pem().as_bytes(), Duration::from_secs(5), |_| {}).await;
     Some(kube_certs::lb_verdict(&h.url, &expired, &samples, 2.0, 3.0))
 }
 

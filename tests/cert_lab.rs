@@ -26,17 +26,14 @@ use hadrill::tls::mint::{Ca, LeafSpec, Window};
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/kube")
-        .join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kube").join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn node(name: &str, ip: &str) -> Value {
     let mut n = fixture("nodes-kubeadm-1.29.json")["items"][0].clone();
     n["metadata"]["name"] = json!(name);
-    n["status"]["addresses"] =
-        json!([{"type":"InternalIP","address":ip},{"type":"Hostname","address":name}]);
+    n["status"]["addresses"] = json!([{"type":"InternalIP","address":ip},{"type":"Hostname","address":name}]);
     n
 }
 
@@ -47,17 +44,10 @@ fn routes(port: u16) -> Routes {
         }
         let path = target.split('?').next().unwrap_or(target);
         let list = |kind: &str, items: Vec<Value>| {
-            json!({"apiVersion":"v1","kind":kind,"metadata":{"resourceVersion":"1"},"items":items})
-                .to_string()
+            json!({"apiVersion":"v1","kind":kind,"metadata":{"resourceVersion":"1"},"items":items}).to_string()
         };
         Some(match path {
-            "/api/v1/nodes" => (
-                200,
-                list(
-                    "NodeList",
-                    vec![node("cp-1", "127.0.0.2"), node("cp-2", "127.0.0.3")],
-                ),
-            ),
+            "/api/v1/nodes" => (200, list("NodeList", vec![node("cp-1", "127.0.0.2"), node("cp-2", "127.0.0.3")])),
             "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices" => {
                 let mut s = fixture("endpointslices-kubernetes.json");
                 s["items"][0]["endpoints"] = json!([
@@ -69,13 +59,10 @@ fn routes(port: u16) -> Routes {
             }
             "/api/v1/namespaces/kube-system/pods" => (200, list("PodList", vec![])),
             // the scheduler's lease is held by cp-1: `leader_of: scheduler` picks cp-1
-            p if p.ends_with("/leases/kube-scheduler") => {
-                (200, fixture("lease-kube-scheduler.json").to_string())
+            p if p.ends_with("/leases/kube-scheduler") => (200, fixture("lease-kube-scheduler.json").to_string()),
+            p if p.ends_with("/leases/kube-controller-manager") => {
+                (200, fixture("lease-kube-controller-manager.json").to_string())
             }
-            p if p.ends_with("/leases/kube-controller-manager") => (
-                200,
-                fixture("lease-kube-controller-manager.json").to_string(),
-            ),
             _ => return None,
         })
     })
@@ -84,13 +71,7 @@ fn routes(port: u16) -> Routes {
 fn secret(path: &Path, text: &str) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
 
@@ -106,14 +87,9 @@ fn lab_suite() -> Suite {
             ignore: None,
             requires: vec![],
             steps: vec![
-                Step::Inject(FaultSpec::ApiserverCertExpired {
-                    pick: InstancePick::LeaderOf(Component::Scheduler),
-                }),
+                Step::Inject(FaultSpec::ApiserverCertExpired { pick: InstancePick::LeaderOf(Component::Scheduler) }),
                 Step::Check(CheckSpec::ApiserverServesExpiredCert { within: s(10) }),
-                Step::Check(CheckSpec::LbRoutesAroundExpiredCert {
-                    within: s(3),
-                    window: s(3),
-                }),
+                Step::Check(CheckSpec::LbRoutesAroundExpiredCert { within: s(3), window: s(3) }),
                 Step::Heal,
                 Step::Check(CheckSpec::ApiserverServesValidCert { within: s(10) }),
             ],
@@ -156,24 +132,13 @@ async fn lab(server_check: &str) -> Option<Verdict> {
         "v1.29.2",
         routes(port),
     );
-    let cp2 = start(
-        &ca,
-        serving(&ca, (now - D::hours(1), now + D::days(365))),
-        l3,
-        false,
-        "v1.29.2",
-        routes(port),
-    );
+    let cp2 = start(&ca, serving(&ca, (now - D::hours(1), now + D::days(365))), l3, false, "v1.29.2", routes(port));
     let ca_file = rig_dir.path().join("lb-ca.crt");
     std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-    let lb = apiserver_support::haproxy(
-        &[&cp1, &cp2],
-        &server_check.replace("CA_FILE", &ca_file.display().to_string()),
-    )?;
+    let lb =
+        apiserver_support::haproxy(&[&cp1, &cp2], &server_check.replace("CA_FILE", &ca_file.display().to_string()))?;
 
-    let admin = ca
-        .issue(&LeafSpec::client("kubernetes-admin", Window::Valid, now))
-        .unwrap();
+    let admin = ca.issue(&LeafSpec::client("kubernetes-admin", Window::Valid, now)).unwrap();
     let p = |n: &str| rig_dir.path().join(n);
     std::fs::write(p("admin.crt"), &admin.cert_pem).unwrap();
     secret(&p("admin.key"), &admin.key_pem);
@@ -221,30 +186,15 @@ async fn lab(server_check: &str) -> Option<Verdict> {
     let record = run_case(&ctx, &suite, &suite.cases[0]).await;
     eprintln!("{}", record.output);
     // whatever the verdict: the original is back byte for byte, no backup dir, no ledger entry
-    assert_eq!(
-        std::fs::read(host_pki.join("apiserver.crt")).unwrap(),
-        original,
-        "the heal restores the certificate"
-    );
+    assert_eq!(std::fs::read(host_pki.join("apiserver.crt")).unwrap(), original, "the heal restores the certificate");
     let leftovers: Vec<_> = std::fs::read_dir(rig_dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("hadrill-cert-backup-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with("hadrill-cert-backup-"))
         .collect();
     assert!(leftovers.is_empty(), "backup directory left: {leftovers:?}");
-    assert!(
-        ctx.ledger.entries().unwrap().is_empty(),
-        "the ledger entry is cleared"
-    );
-    assert!(
-        record.output.contains("on cp-1"),
-        "the fault went to the scheduler leader's node:\n{}",
-        record.output
-    );
+    assert!(ctx.ledger.entries().unwrap().is_empty(), "the ledger entry is cleared");
+    assert!(record.output.contains("on cp-1"), "the fault went to the scheduler leader's node:\n{}", record.output);
     Some(record.verdict)
 }
 
@@ -261,15 +211,7 @@ async fn a_balancer_with_check_ssl_verify_none_keeps_the_expired_backend_and_the
     let Some(v) = lab("verify none").await else {
         return;
     };
-    let Verdict::Failed { message, .. } = &v else {
-        panic!("expected a failure, got {v:?}")
-    };
-    assert!(
-        message.contains("keeps sending traffic to https://127.0.0.2:"),
-        "{message}"
-    );
-    assert!(
-        message.contains("we refused the server's certificate: it has expired"),
-        "{message}"
-    );
+    let Verdict::Failed { message, .. } = &v else { panic!("expected a failure, got {v:?}") };
+    assert!(message.contains("keeps sending traffic to https://127.0.0.2:"), "{message}");
+    assert!(message.contains("we refused the server's certificate: it has expired"), "{message}");
 }

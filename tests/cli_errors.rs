@@ -105,7 +105,11 @@ users:
 fn garbage_kubeconfig_is_a_usage_error_naming_the_file_and_position() {
     let e = Env::new();
     let kc = e.write("kube/garbage.yaml", "this: is: [not yaml\n");
-    let line = e.fails(&["run", "--kubeconfig", kc.to_str().unwrap(), "topology::"], 2, &[kc.to_str().unwrap(), "line 1 column"]);
+    let line = e.fails(
+        &["run", "--kubeconfig", kc.to_str().unwrap(), "topology::"],
+        2,
+        &[kc.to_str().unwrap(), "line 1 column"],
+    );
     assert!(line.starts_with("hadrill: kubeconfig "), "{line}");
     // the parser's source snippet is noise on one line: the position is already named
     assert!(!line.contains("-->") && !line.contains(" | "), "{line}");
@@ -115,7 +119,11 @@ fn garbage_kubeconfig_is_a_usage_error_naming_the_file_and_position() {
 fn kubeconfig_whose_current_context_is_missing() {
     let e = Env::new();
     let kc = e.write("kube/ghost.yaml", &KUBECONFIG.replace("current-context: ctx1", "current-context: ghost"));
-    e.fails(&["run", "--kubeconfig", kc.to_str().unwrap(), "topology::"], 2, &[kc.to_str().unwrap(), "context `ghost` not found", "ctx1"]);
+    e.fails(
+        &["run", "--kubeconfig", kc.to_str().unwrap(), "topology::"],
+        2,
+        &[kc.to_str().unwrap(), "context `ghost` not found", "ctx1"],
+    );
 }
 
 #[test]
@@ -148,7 +156,11 @@ fn malformed_suite_file_is_named() {
     e.write("suites/ok.yaml", "suite: fine\ndescription: d\ncases:\n  - name: c\n    description: d\n    steps:\n      - check: etcd_one_leader\n");
     let bad = e.write("suites/bad.yaml", "suite: x\ncases: [oops\n");
     let dir = e.path("suites");
-    let line = e.fails(&["run", "--suite-dir", dir.to_str().unwrap(), "x::"], 2, &[bad.to_str().unwrap(), "not valid YAML", "line 2"]);
+    let line = e.fails(
+        &["run", "--suite-dir", dir.to_str().unwrap(), "x::"],
+        2,
+        &[bad.to_str().unwrap(), "not valid YAML", "line 2"],
+    );
     assert!(!line.contains("-->") && !line.contains(" | "), "{line}");
     // `list` loads the same files and says the same
     e.fails(&["list", "--suite-dir", dir.to_str().unwrap()], 2, &[bad.to_str().unwrap(), "not valid YAML"]);
@@ -157,7 +169,10 @@ fn malformed_suite_file_is_named() {
 #[test]
 fn unknown_field_in_a_case_names_file_case_and_field() {
     let e = Env::new();
-    let f = e.write("suites/u.yaml", "suite: x\ndescription: d\ncases:\n  - name: good_case\n    description: d\n    stepz: []\n");
+    let f = e.write(
+        "suites/u.yaml",
+        "suite: x\ndescription: d\ncases:\n  - name: good_case\n    description: d\n    stepz: []\n",
+    );
     let dir = e.path("suites");
     e.fails(
         &["run", "--suite-dir", dir.to_str().unwrap(), "x::"],
@@ -174,7 +189,11 @@ fn unknown_field_deep_in_a_step() {
         "suite: x\ndescription: d\ncases:\n  - name: c\n    description: d\n    steps:\n      - check: { etcd_member_count: { mni: 3 } }\n",
     );
     let dir = e.path("suites");
-    e.fails(&["run", "--suite-dir", dir.to_str().unwrap(), "x::"], 2, &[f.to_str().unwrap(), "case `c`", "steps[0].check.etcd_member_count", "mni"]);
+    e.fails(
+        &["run", "--suite-dir", dir.to_str().unwrap(), "x::"],
+        2,
+        &[f.to_str().unwrap(), "case `c`", "steps[0].check.etcd_member_count", "mni"],
+    );
 }
 
 #[test]
@@ -216,9 +235,14 @@ fn unreachable_etcd_exits_3_naming_the_endpoint() {
     let ca = ca_pem(&e);
     let ep = format!("https://127.0.0.1:{}", closed_port());
     let t0 = std::time::Instant::now();
-    let line = e.fails(&["run", "--etcd-endpoints", &ep, "--etcd-cacert", ca.to_str().unwrap(), "topology::"], 3, &[&ep]);
+    let line =
+        e.fails(&["run", "--etcd-endpoints", &ep, "--etcd-cacert", ca.to_str().unwrap(), "topology::"], 3, &[&ep]);
     assert!(line.contains("etcd"), "{line}");
-    assert!(t0.elapsed() < std::time::Duration::from_secs(30), "reaching a closed port must fail fast, took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(30),
+        "reaching a closed port must fail fast, took {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -226,7 +250,11 @@ fn etcd_ca_that_is_not_pem() {
     let e = Env::new();
     let ca = e.write("pki/ca.crt", "not a certificate\n");
     let ep = format!("https://127.0.0.1:{}", closed_port());
-    e.fails(&["run", "--etcd-endpoints", &ep, "--etcd-cacert", ca.to_str().unwrap(), "topology::"], 2, &[ca.to_str().unwrap()]);
+    e.fails(
+        &["run", "--etcd-endpoints", &ep, "--etcd-cacert", ca.to_str().unwrap(), "topology::"],
+        2,
+        &[ca.to_str().unwrap()],
+    );
 }
 
 #[test]
@@ -278,7 +306,20 @@ fn a_report_path_checked_early_is_not_left_empty_when_the_target_is_down() {
     let ca = ca_pem(&e);
     let ep = format!("https://127.0.0.1:{}", closed_port());
     let junit = e.path("report.xml");
-    e.fails(&["run", "--etcd-endpoints", &ep, "--etcd-cacert", ca.to_str().unwrap(), "--junit", junit.to_str().unwrap(), "topology::"], 3, &[&ep]);
+    e.fails(
+        &[
+            "run",
+            "--etcd-endpoints",
+            &ep,
+            "--etcd-cacert",
+            ca.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+            "topology::",
+        ],
+        3,
+        &[&ep],
+    );
     assert!(!junit.exists(), "no JUnit file may be left behind by a run that never started");
 }
 

@@ -13,18 +13,30 @@ use common::{bin, poll_until, Rig};
 
 fn scratch_dirs(tmp: &Path) -> Vec<String> {
     std::fs::read_dir(tmp)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("hadrill-dr-")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("hadrill-dr-"))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn scratch_members(tmp: &Path) -> Vec<String> {
-    let out = Command::new("pgrep").args(["-af", "--", &format!("--data-dir={}/hadrill-dr-", tmp.display())]).output().unwrap();
+    let out = Command::new("pgrep")
+        .args(["-af", "--", &format!("--data-dir={}/hadrill-dr-", tmp.display())])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
 fn keys(rig: &Rig) -> String {
     let target = std::fs::read_to_string(rig.dir().join("target.yaml")).unwrap();
-    let ep = target.split_whitespace().find(|w| w.starts_with("https://")).unwrap().trim_matches(|c| c == ',' || c == '[' || c == ']' || c == '"');
+    let ep = target
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap()
+        .trim_matches(|c| c == ',' || c == '[' || c == ']' || c == '"');
     let pki = rig.dir().join("pki");
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -91,7 +103,10 @@ fn after_a_sigkill_the_scratch_member_dies_and_recover_removes_the_directory() {
         let end = Instant::now() + Duration::from_secs(60);
         while Instant::now() < end && child.try_wait().unwrap().is_none() {
             if !scratch_members(tmp.path()).is_empty() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 caught = true;
                 break;
             }
@@ -112,6 +127,14 @@ fn after_a_sigkill_the_scratch_member_dies_and_recover_removes_the_directory() {
     );
     let out = Command::new(bin()).arg("--ledger").arg(&ledger).arg("recover").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("scratch directory"), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(scratch_dirs(tmp.path()).is_empty(), "scratch directories left after recover: {:?}", scratch_dirs(tmp.path()));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("scratch directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        scratch_dirs(tmp.path()).is_empty(),
+        "scratch directories left after recover: {:?}",
+        scratch_dirs(tmp.path())
+    );
 }

@@ -26,11 +26,7 @@ fn hadrill(dir: &std::path::Path, args: &[&str]) -> (Output, String) {
 
 /// A kubeconfig whose server is a closed port on 127.0.0.1.
 fn refusing_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let p = dir.join("kubeconfig");
     std::fs::write(
         &p,
@@ -55,10 +51,7 @@ fn the_failover_suite_is_listed_disruptive() {
         "failover::scheduler_leader_takeover",
         "failover::etcd_member_partitioned_on_node",
     ] {
-        let line = text
-            .lines()
-            .find(|l| l.contains(case))
-            .unwrap_or_else(|| panic!("{case} missing\n{shown}"));
+        let line = text.lines().find(|l| l.contains(case)).unwrap_or_else(|| panic!("{case} missing\n{shown}"));
         assert!(line.contains("[disruptive]"), "{line}");
     }
     assert!(
@@ -72,23 +65,12 @@ fn the_failover_suite_is_listed_disruptive() {
 fn a_run_against_an_unreachable_api_exits_3_naming_it() {
     let d = tempfile::tempdir().unwrap();
     let kc = refusing_kubeconfig(d.path());
-    let (out, shown) = hadrill(
-        d.path(),
-        &[
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "run",
-            "failover::",
-            "--allow-disruption",
-        ],
-    );
+    let (out, shown) =
+        hadrill(d.path(), &["--kubeconfig", kc.to_str().unwrap(), "run", "failover::", "--allow-disruption"]);
     assert_eq!(out.status.code(), Some(3), "{shown}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{shown}");
-    assert!(
-        err.contains("Kubernetes API https://127.0.0.1:") && err.contains("(context lab)"),
-        "{shown}"
-    );
+    assert!(err.contains("Kubernetes API https://127.0.0.1:") && err.contains("(context lab)"), "{shown}");
 }
 
 #[test]
@@ -116,10 +98,7 @@ fn plan_names_the_scratch_namespace_a_case_writes() {
     let text = String::from_utf8_lossy(&out.stdout);
     let writes = text
         .lines()
-        .filter(|l| {
-            l.trim_start()
-                .starts_with("writes: ConfigMaps probe-reused, probe-fresh in a scratch namespace")
-        })
+        .filter(|l| l.trim_start().starts_with("writes: ConfigMaps probe-reused, probe-fresh in a scratch namespace"))
         .count();
     // the two cases with an API probe: kubelet stop and apiserver stop
     assert_eq!(writes, 2, "{shown}");

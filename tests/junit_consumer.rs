@@ -137,10 +137,15 @@ fn run_selftest(dir: &Path, extra: &[&str]) -> Run {
     assert!(lint.status.success(), "xmllint refused the JUnit:\n{}\n{xml}", show("xmllint --noout", &lint));
 
     let py = Command::new("python3").arg("-c").arg(PY).arg(&junit).output().expect("python3 must be installed");
-    assert!(py.status.success(), "junitparser could not read the JUnit:\n{}\n{xml}", show("python3 -c <junitparser>", &py));
+    assert!(
+        py.status.success(),
+        "junitparser could not read the JUnit:\n{}\n{xml}",
+        show("python3 -c <junitparser>", &py)
+    );
     let parsed: Value = serde_json::from_slice(&py.stdout).unwrap();
     let json_text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("no JSON written ({e})\n{shown}"));
-    let json: Value = serde_json::from_str(&json_text).unwrap_or_else(|e| panic!("the JSON report does not parse: {e}\n{json_text}"));
+    let json: Value =
+        serde_json::from_str(&json_text).unwrap_or_else(|e| panic!("the JSON report does not parse: {e}\n{json_text}"));
     Run { out, junit: xml, json, parsed, shown }
 }
 
@@ -196,7 +201,10 @@ fn junitparser_reads_exact_counts_of_a_real_run() {
     assert_eq!(f["type"], "check failed");
     assert_eq!(f["message"], "selftest failed as asked: expected <pass>, observed <fail>");
     let body = f["text"].as_str().unwrap();
-    assert!(body.contains("selftest evidence: red, NUL:\\u{0}, CDATA end: ]]>, markup: <&>\"', unicode: Größe ✓ 日本語"), "{body}");
+    assert!(
+        body.contains("selftest evidence: red, NUL:\\u{0}, CDATA end: ]]>, markup: <&>\"', unicode: Größe ✓ 日本語"),
+        "{body}"
+    );
     assert!(body.contains("--- output\n"), "{body}");
     // the panic is an error, with the panic's text
     let e = &case(0, 3)["results"][0];

@@ -56,7 +56,10 @@ fn the_pipelines_publish_the_junit_that_run_sh_writes() {
     assert!(run.contains(r#"--junit "$out/hadrill-junit.xml""#) && run.contains("hadrill-report"));
     let gh = yaml("github-actions.yml");
     let steps = gh["jobs"]["kind-ha"]["steps"].as_array().unwrap();
-    let junit = steps.iter().find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("mikepenz/action-junit-report"))).unwrap();
+    let junit = steps
+        .iter()
+        .find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("mikepenz/action-junit-report")))
+        .unwrap();
     assert_eq!(junit["with"]["report_paths"], "hadrill-report/hadrill-junit.xml");
     assert_eq!(junit["if"], "always()", "the report is published when a case fails too");
     assert!(steps.iter().any(|s| s["run"].as_str().is_some_and(|r| r.contains("kind-ha.yaml"))));
@@ -69,7 +72,10 @@ fn the_pipelines_publish_the_junit_that_run_sh_writes() {
     // nor in GitHub's uploaded artifact: only the reports are listed, not the directory
     for s in steps.iter().filter(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("actions/upload-artifact"))) {
         for line in s["with"]["path"].as_str().unwrap().lines().map(str::trim).filter(|l| !l.is_empty()) {
-            assert!(line != "hadrill-report/" && line != "hadrill-report" && !line.contains("kubeconfig"), "uploads {line}");
+            assert!(
+                line != "hadrill-report/" && line != "hadrill-report" && !line.contains("kubeconfig"),
+                "uploads {line}"
+            );
         }
     }
 }

@@ -68,7 +68,10 @@ impl Drop for Rig {
         let _ = rt().block_on(rig::down(&dir));
         for m in &self.state.members {
             if let Some(ns) = &m.netns {
-                assert!(!hadrill::fault::net::netns_exists(ns) || std::thread::panicking(), "namespace {ns} left behind");
+                assert!(
+                    !hadrill::fault::net::netns_exists(ns) || std::thread::panicking(),
+                    "namespace {ns} left behind"
+                );
             }
         }
     }
@@ -79,7 +82,8 @@ struct Running(std::process::Child);
 
 impl Running {
     fn sigkill(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -91,7 +95,12 @@ impl Drop for Running {
 }
 
 fn show(o: &Output) -> String {
-    format!("status {}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -107,7 +116,12 @@ fn case<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
 }
 
 fn measurement(c: &serde_json::Value, name: &str) -> (f64, Option<f64>) {
-    let m = c["measurements"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no {name}: {c}"));
+    let m = c["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}: {c}"));
     (m["value"].as_f64().unwrap(), m["bound"].as_f64())
 }
 
@@ -174,7 +188,10 @@ fn five_members_tolerate_two_and_not_three() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let rig = Rig::up(5);
     let report = rig.state.dir.join("report.json");
-    let o = run(rig.hadrill().args(["run", "--allow-disruption", "quorum::five_members_tolerate_two", "--exact", "--json"]).arg(&report));
+    let o = run(rig
+        .hadrill()
+        .args(["run", "--allow-disruption", "quorum::five_members_tolerate_two", "--exact", "--json"])
+        .arg(&report));
     assert!(o.status.success(), "{}", show(&o));
     let c = case(&json(&report), "five_members_tolerate_two").clone();
     assert_eq!(c["verdict"]["status"], "passed", "{c}");
@@ -212,7 +229,12 @@ cases:
 "#,
     );
     let report = rig.state.dir.join("neg.json");
-    let o = run(rig.hadrill().arg("--suite-dir").arg(suites.path()).args(["run", "--allow-disruption", "negative::", "--json"]).arg(&report));
+    let o = run(rig
+        .hadrill()
+        .arg("--suite-dir")
+        .arg(suites.path())
+        .args(["run", "--allow-disruption", "negative::", "--json"])
+        .arg(&report));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let r = json(&report);
     let c = case(&r, "writes_fail_with_quorum");
@@ -330,14 +352,16 @@ cases:
     // SIGKILL: no revert can run
     child.sigkill();
     assert_eq!(tagged(&rig.state).len(), 1, "the rules outlive hadrill until the timer fires");
-    let healed = poll(Duration::from_secs(15), || tagged(&rig.state).is_empty().then(Instant::now)).expect("the dead-man timer removed the rules");
+    let healed = poll(Duration::from_secs(15), || tagged(&rig.state).is_empty().then(Instant::now))
+        .expect("the dead-man timer removed the rules");
     let after = healed.duration_since(t_cut);
     assert!(after < Duration::from_secs(12), "healed {after:?} after the cut, dead-man 6s");
     // the isolated member rejoins: every member agrees on one leader
     let agree = poll(Duration::from_secs(20), || {
         let o = rig.etcdctl(&["endpoint", "status", "-w", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-        let leaders: std::collections::BTreeSet<u64> = v.as_array()?.iter().filter_map(|e| e["Status"]["leader"].as_u64()).collect();
+        let leaders: std::collections::BTreeSet<u64> =
+            v.as_array()?.iter().filter_map(|e| e["Status"]["leader"].as_u64()).collect();
         (v.as_array()?.len() == 3 && leaders.len() == 1 && !leaders.contains(&0)).then_some(())
     });
     assert!(agree.is_some(), "{}", show(&rig.etcdctl(&["endpoint", "status"])));
@@ -346,7 +370,8 @@ cases:
     assert!(o.status.success(), "{}", show(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("reverted: partition") && text.contains("1 reverted, 0 failed"), "{text}");
-    assert!(!String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout).contains("hadrill-deadman-"));
+    assert!(!String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout)
+        .contains("hadrill-deadman-"));
 }
 
 #[test]
@@ -376,16 +401,25 @@ cases:
             .unwrap(),
     );
     let ns_with_rules = poll(Duration::from_secs(20), || {
-        rig.state.members.iter().filter_map(|m| m.netns.clone()).find(|ns| {
-            !rt().block_on(hadrill::fault::net::tagged_rules(ns, None)).unwrap_or_default().is_empty()
-        })
+        rig.state
+            .members
+            .iter()
+            .filter_map(|m| m.netns.clone())
+            .find(|ns| !rt().block_on(hadrill::fault::net::tagged_rules(ns, None)).unwrap_or_default().is_empty())
     })
     .expect("the partition rules appear");
     child.sigkill();
     let o = run(Command::new(env!("CARGO_BIN_EXE_hadrill")).env("HADRILL_LEDGER", &rig.ledger).arg("recover"));
     assert!(o.status.success(), "{}", show(&o));
-    assert!(rt().block_on(hadrill::fault::net::tagged_rules(&ns_with_rules, None)).unwrap().is_empty(), "recover removed the rules");
-    assert!(!String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout).contains("hadrill-deadman-"), "and killed the timer");
+    assert!(
+        rt().block_on(hadrill::fault::net::tagged_rules(&ns_with_rules, None)).unwrap().is_empty(),
+        "recover removed the rules"
+    );
+    assert!(
+        !String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout)
+            .contains("hadrill-deadman-"),
+        "and killed the timer"
+    );
     // a second recover has nothing left to do
     let o = run(Command::new(env!("CARGO_BIN_EXE_hadrill")).env("HADRILL_LEDGER", &rig.ledger).arg("recover"));
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("nothing to revert"), "{}", show(&o));
@@ -410,7 +444,10 @@ fn failover_agrees_with_etcds_own_record_of_the_election() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let rig = Rig::up(3);
     let report = rig.state.dir.join("failover.json");
-    let o = run(rig.hadrill().args(["run", "--allow-disruption", "quorum::leader_killed_failover", "--exact", "--json"]).arg(&report));
+    let o = run(rig
+        .hadrill()
+        .args(["run", "--allow-disruption", "quorum::leader_killed_failover", "--exact", "--json"])
+        .arg(&report));
     assert!(o.status.success(), "{}", show(&o));
     let c = case(&json(&report), "leader_killed_failover").clone();
     let (failover, _) = measurement(&c, "failover");
@@ -419,16 +456,25 @@ fn failover_agrees_with_etcds_own_record_of_the_election() {
         let e = ev.iter().find(|e| pred(e)).unwrap_or_else(|| panic!("event not in the timeline: {c}"));
         chrono::DateTime::parse_from_rfc3339(e["wall"].as_str().unwrap()).unwrap().with_timezone(&chrono::Utc)
     };
-    let injected = wall(&|e| e["source"] == "fault" && e["message"].as_str().unwrap().starts_with("injected: stop etcd member"));
+    let injected =
+        wall(&|e| e["source"] == "fault" && e["message"].as_str().unwrap().starts_with("injected: stop etcd member"));
     // etcd's record: the first "became leader" after the kill, on any member
-    let mut elections: Vec<_> = rig.state.members.iter().flat_map(|m| became_leader_at(&m.log)).filter(|(t, _)| *t > injected).collect();
+    let mut elections: Vec<_> =
+        rig.state.members.iter().flat_map(|m| became_leader_at(&m.log)).filter(|(t, _)| *t > injected).collect();
     elections.sort();
-    let (elected, term) = *elections.first().unwrap_or_else(|| panic!("no 'became leader' after {injected} in the member logs"));
+    let (elected, term) =
+        *elections.first().unwrap_or_else(|| panic!("no 'became leader' after {injected} in the member logs"));
     let election = (elected - injected).to_std().unwrap().as_secs_f64();
     // the first acknowledged write comes after the election, and soon after it
-    assert!(election > 0.0 && election < failover, "etcd elected at +{election:.3}s (term {term}), hadrill's first ack at +{failover:.3}s");
+    assert!(
+        election > 0.0 && election < failover,
+        "etcd elected at +{election:.3}s (term {term}), hadrill's first ack at +{failover:.3}s"
+    );
     assert!(failover - election < 0.5, "first ack {failover:.3}s vs election {election:.3}s: more than 0.5s apart");
-    assert!(election >= 0.9 * rig.state.election_timeout_ms as f64 / 1000.0, "an election cannot come before the election timeout: {election}");
+    assert!(
+        election >= 0.9 * rig.state.election_timeout_ms as f64 / 1000.0,
+        "an election cannot come before the election timeout: {election}"
+    );
 }
 
 #[test]
@@ -451,7 +497,12 @@ cases:
 "#,
     );
     let report = rig.state.dir.join("latency.json");
-    let o = run(rig.hadrill().arg("--suite-dir").arg(suites.path()).args(["run", "--allow-disruption", "latency::", "--json"]).arg(&report));
+    let o = run(rig
+        .hadrill()
+        .arg("--suite-dir")
+        .arg(suites.path())
+        .args(["run", "--allow-disruption", "latency::", "--json"])
+        .arg(&report));
     let c = case(&json(&report), "slow_leader").clone();
     match c["verdict"]["status"].as_str().unwrap() {
         // a kernel with sch_netem and sch_prio
@@ -468,5 +519,6 @@ cases:
         let q = Command::new("ip").args(["netns", "exec", ns, "tc", "qdisc", "show"]).output().unwrap();
         assert!(!String::from_utf8_lossy(&q.stdout).contains("prio 1:"), "qdisc left in {ns}");
     }
-    assert!(!String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout).contains("hadrill-deadman-"));
+    assert!(!String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout)
+        .contains("hadrill-deadman-"));
 }

@@ -185,10 +185,17 @@ fn junit_is_deterministic() {
 #[test]
 fn junit_layout() {
     let xml = junit::render(&synthetic()).unwrap();
-    let q = xml.find("<testsuite name=\"quorum\" tests=\"2\" skipped=\"0\" errors=\"0\" failures=\"1\"").expect("quorum suite");
-    let t = xml.find("<testsuite name=\"topology\" tests=\"2\" skipped=\"1\" errors=\"1\" failures=\"0\"").expect("topology suite");
+    let q = xml
+        .find("<testsuite name=\"quorum\" tests=\"2\" skipped=\"0\" errors=\"0\" failures=\"1\"")
+        .expect("quorum suite");
+    let t = xml
+        .find("<testsuite name=\"topology\" tests=\"2\" skipped=\"1\" errors=\"1\" failures=\"0\"")
+        .expect("topology suite");
     assert!(q < t, "suites must keep declaration order");
-    assert!(xml.contains("<testsuites name=\"hadrill\" tests=\"4\" skipped=\"1\" failures=\"1\" errors=\"1\""), "{xml}");
+    assert!(
+        xml.contains("<testsuites name=\"hadrill\" tests=\"4\" skipped=\"1\" failures=\"1\" errors=\"1\""),
+        "{xml}"
+    );
     assert!(xml.contains("<property name=\"failover_seconds\" value=\"1.234 s (at most 3 s)\"/>"), "{xml}");
     assert!(xml.contains("<property name=\"seed\" value=\"42\"/>"), "{xml}");
     assert!(xml.contains("<skipped message=\"needs 3 etcd members, the target has 1\"/>"), "{xml}");

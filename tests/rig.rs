@@ -86,7 +86,9 @@ fn netns_members_live_in_their_own_namespaces() {
         let theirs = std::fs::read_link(format!("/proc/{}/ns/net", m.pid)).unwrap();
         assert_ne!(theirs, ours, "{} shares our network namespace", m.name);
         assert!(seen.insert(theirs), "{} shares a namespace with another member", m.name);
-        let pids = String::from_utf8(std::process::Command::new("ip").args(["netns", "pids", &ns]).output().unwrap().stdout).unwrap();
+        let pids =
+            String::from_utf8(std::process::Command::new("ip").args(["netns", "pids", &ns]).output().unwrap().stdout)
+                .unwrap();
         assert!(pids.lines().any(|l| l.trim() == m.pid.to_string()), "pid {} not in {ns}: {pids}", m.pid);
         // reachable from here by its own address, with the rig's client certificate
         let s = rt.block_on(hadrill::probe::etcd::status_of(&target, &m.client_url));
@@ -98,8 +100,13 @@ fn netns_members_live_in_their_own_namespaces() {
     let (code, out, err) = hadrill(&["--config", &d.target_yaml(), "run", "topology::"]);
     assert_eq!(code, 0, "{}", show(code, &out, &err));
     // where bridged frames go through iptables, the rig lets its own bridge forward
-    let filtered = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").map(|s| s.trim() == "1").unwrap_or(false);
-    let rules = || String::from_utf8(std::process::Command::new("iptables").args(["-S", "FORWARD"]).output().unwrap().stdout).unwrap();
+    let filtered = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    let rules = || {
+        String::from_utf8(std::process::Command::new("iptables").args(["-S", "FORWARD"]).output().unwrap().stdout)
+            .unwrap()
+    };
     let comment = format!("hadrill-rig {id}");
     if filtered {
         assert!(rules().contains(&comment), "no FORWARD rule for the bridge:\n{}", rules());
@@ -200,7 +207,8 @@ fn down_removes_a_half_built_rig_twice() {
     // namespaces and a bridge left without any directory (a rig killed while building)
     if is_root() {
         let id = rig::net::rig_id(&rig::lifecycle::normalize(&d.dir));
-        let run = |a: &[&str]| assert!(std::process::Command::new("ip").args(a).status().unwrap().success(), "ip {a:?}");
+        let run =
+            |a: &[&str]| assert!(std::process::Command::new("ip").args(a).status().unwrap().success(), "ip {a:?}");
         run(&["netns", "add", &format!("{id}-m1")]);
         run(&["link", "add", &format!("{id}-br"), "type", "bridge"]);
         let report = rt.block_on(rig::down(&d.dir)).unwrap();
@@ -281,6 +289,7 @@ fn run_with_its_own_rig_removes_it() {
     assert!(so.contains("5 passed"), "{so}");
     assert!(!dir.exists(), "{} is still there", dir.display());
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
-    let entries: Vec<_> = std::fs::read_dir(&l).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let entries: Vec<_> =
+        std::fs::read_dir(&l).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(entries.iter().all(|n| !n.to_string_lossy().ends_with(".json")), "ledger not empty: {entries:?}");
 }

@@ -68,20 +68,40 @@ fn a_host_has_its_own_netns_hostname_and_the_recorded_pid_is_the_program() {
         &["-c".into(), "echo \"I am $(hostname)\"; exec sleep 600".into()],
     );
     let (pid, start) = rig::process::spawn_detached(&argv, &log).expect("start the host");
-    assert!(poll_until(Duration::from_secs(5), || rig::process::tail(&log, 5).contains("I am apiserver-9")), "log: {}", rig::process::tail(&log, 5));
+    assert!(
+        poll_until(Duration::from_secs(5), || rig::process::tail(&log, 5).contains("I am apiserver-9")),
+        "log: {}",
+        rig::process::tail(&log, 5)
+    );
     // the recorded pid is the program itself (every step exec'd), not a wrapper
-    assert!(poll_until(Duration::from_secs(5), || rig::process::comm(pid).as_deref() == Some("sleep")), "pid {pid} is {:?}", rig::process::comm(pid));
+    assert!(
+        poll_until(Duration::from_secs(5), || rig::process::comm(pid).as_deref() == Some("sleep")),
+        "pid {pid} is {:?}",
+        rig::process::comm(pid)
+    );
     assert_eq!(rig::process::cmdline(pid).unwrap(), ["sleep", "600"]);
     assert_eq!(netns_name_of(pid), ns, "the program runs in the host's network namespace");
-    assert_ne!(rk::host::uts_of(pid), rk::host::uts_of(std::process::id() as i32), "the program needs a UTS namespace of its own");
+    assert_ne!(
+        rk::host::uts_of(pid),
+        rk::host::uts_of(std::process::id() as i32),
+        "the program needs a UTS namespace of its own"
+    );
     assert_eq!(rt.block_on(rk::host::hostname_of(pid)).as_deref(), Some("apiserver-9"));
     assert_ne!(our_hostname(), "apiserver-9", "the machine's hostname must not change");
     // its address answers from the host through the bridge
     let out = std::process::Command::new("ip").args(["-n", &ns, "-4", "-o", "addr", "show"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/24")), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/24")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let ping = std::process::Command::new("ping").args(["-c", "1", "-W", "2", &addr.to_string()]).output();
     if let Ok(p) = ping {
-        assert!(p.status.success(), "the host's address does not answer from the root namespace: {}", String::from_utf8_lossy(&p.stdout));
+        assert!(
+            p.status.success(),
+            "the host's address does not answer from the root namespace: {}",
+            String::from_utf8_lossy(&p.stdout)
+        );
     }
     // rig down finds it through its namespace and stops it
     let r = rt.block_on(rig::down(&d.dir)).expect("rig down");
@@ -129,11 +149,13 @@ fn haproxy_load_balancer_on_a_real_rig() {
     assert!(lb.argv.iter().any(|a| a == &k.haproxy_config.display().to_string()), "{:?}", lb.argv);
     // reachable from the host
     let lb_addr = format!("{}:{}", lb.address, lb.port);
-    std::net::TcpStream::connect_timeout(&lb_addr.parse().unwrap(), Duration::from_secs(3)).expect("connect to the LB from the host");
+    std::net::TcpStream::connect_timeout(&lb_addr.parse().unwrap(), Duration::from_secs(3))
+        .expect("connect to the LB from the host");
     // with no apiserver, every backend server goes DOWN (the checks are real)
     let mut states = Vec::new();
     let all_down = poll_until(Duration::from_secs(15), || {
-        states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states =
+            rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
         states.len() == 3 && states.iter().all(|(_, s)| s.starts_with("DOWN"))
     });
     assert!(all_down, "backends: {states:?}");
@@ -171,10 +193,19 @@ fn haproxy_load_balancer_on_a_real_rig() {
     // the rig-process fault on it: SIGTERM, gone; revert restarts it with its command
     let ledger_dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(ledger_dir.path()).unwrap();
-    let f = Fault::RigProcessStop { rig_dir: st.dir.clone(), name: "lb".into(), pid: lb.pid, start_time: lb.start_time, signal: StopSignal::Term };
+    let f = Fault::RigProcessStop {
+        rig_dir: st.dir.clone(),
+        name: "lb".into(),
+        pid: lb.pid,
+        start_time: lb.start_time,
+        signal: StopSignal::Term,
+    };
     let guard = rt.block_on(fault::inject(&ledger, f)).expect("stop HAProxy");
     assert!(!proc_::alive(lb.pid, lb.start_time));
-    assert!(std::net::TcpStream::connect_timeout(&lb_addr.parse().unwrap(), Duration::from_secs(2)).is_err(), "the LB still accepts");
+    assert!(
+        std::net::TcpStream::connect_timeout(&lb_addr.parse().unwrap(), Duration::from_secs(2)).is_err(),
+        "the LB still accepts"
+    );
     rt.block_on(guard.revert()).expect("revert restarts HAProxy");
     let again = rig::status(&d.dir).unwrap().kube.unwrap().lb().unwrap().clone();
     assert_ne!(again.pid, lb.pid);
@@ -182,7 +213,8 @@ fn haproxy_load_balancer_on_a_real_rig() {
     assert_eq!(again.argv, lb.argv, "restarted with the same command");
     assert_eq!(netns_name_of(again.pid), lb.netns);
     assert_eq!(rt.block_on(rk::host::hostname_of(again.pid)).as_deref(), Some("lb"));
-    std::net::TcpStream::connect_timeout(&lb_addr.parse().unwrap(), Duration::from_secs(3)).expect("the LB accepts again");
+    std::net::TcpStream::connect_timeout(&lb_addr.parse().unwrap(), Duration::from_secs(3))
+        .expect("the LB accepts again");
     assert!(ledger.entries().unwrap().is_empty(), "the reverted fault left its ledger entry");
     // restarting a running host changes nothing; an unknown name is refused with the list
     rt.block_on(rig::restart_process(&d.dir, "lb")).unwrap();
@@ -209,7 +241,11 @@ fn fake_kube_bin(dir: &Path) {
         ("kube-scheduler", "exec sleep 600"),
     ] {
         let p = dir.join(b);
-        std::fs::write(&p, format!("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Kubernetes v1.26.3'; exit 0; fi\n{body}\n")).unwrap();
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Kubernetes v1.26.3'; exit 0; fi\n{body}\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
@@ -226,8 +262,16 @@ fn rig_up_kube_bin_refusals_are_one_line_exit_2() {
     // kube mode refuses loopback isolation (its hosts need their own addresses)
     let fake = tempfile::tempdir().unwrap();
     fake_kube_bin(fake.path());
-    let (code, out, err) =
-        hadrill(&["rig", "up", "--dir", d.path(), "--kube-bin", fake.path().to_str().unwrap(), "--isolation", "loopback"]);
+    let (code, out, err) = hadrill(&[
+        "rig",
+        "up",
+        "--dir",
+        d.path(),
+        "--kube-bin",
+        fake.path().to_str().unwrap(),
+        "--isolation",
+        "loopback",
+    ]);
     assert_eq!(code, 2, "{}", show(code, &out, &err));
     assert!(err.contains("kube mode needs network namespaces"), "{err}");
     assert!(!d.dir.exists());
@@ -310,7 +354,13 @@ fn kube_mode_brings_up_a_whole_ha_control_plane() {
     let a1 = k.host("apiserver-1").unwrap().clone();
     let ledger_dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(ledger_dir.path()).unwrap();
-    let f = Fault::RigProcessStop { rig_dir: st.dir.clone(), name: a1.name.clone(), pid: a1.pid, start_time: a1.start_time, signal: StopSignal::Kill };
+    let f = Fault::RigProcessStop {
+        rig_dir: st.dir.clone(),
+        name: a1.name.clone(),
+        pid: a1.pid,
+        start_time: a1.start_time,
+        signal: StopSignal::Kill,
+    };
     let g = rt.block_on(fault::inject(&ledger, f)).unwrap();
     rt.block_on(g.revert()).expect("apiserver-1 restarts and becomes ready");
     let (code, out, err) = hadrill(&["rig", "down", "--dir", d.path()]);
@@ -396,7 +446,8 @@ fn bring_up_orchestration_with_stand_in_components() {
     fake_live_kube_bin(fake.path());
     // the binaries on PATH: kube mode without --kube-bin (and not with --no-kube)
     let path = format!("{}:{}", fake.path().display(), std::env::var("PATH").unwrap());
-    let (code, out, err) = hadrill_env(&["rig", "up", "--dir", d.path(), "--members", "1", "--no-kube"], &[("PATH", &path)]);
+    let (code, out, err) =
+        hadrill_env(&["rig", "up", "--dir", d.path(), "--members", "1", "--no-kube"], &[("PATH", &path)]);
     assert_eq!(code, 0, "{}", show(code, &out, &err));
     assert!(rig::status(&d.dir).unwrap().kube.is_none(), "--no-kube must keep the rig etcd-only");
     assert!(out.contains("kube mode: off"), "{out}");
@@ -424,7 +475,8 @@ fn bring_up_orchestration_with_stand_in_components() {
     // HAProxy sees every apiserver UP (its TLS /readyz checks pass)
     let mut states = Vec::new();
     let up = poll_until(Duration::from_secs(10), || {
-        states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states =
+            rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
         states.len() == 3 && states.iter().all(|(_, s)| s == "UP")
     });
     assert!(up, "backends: {states:?}");
@@ -442,10 +494,17 @@ fn bring_up_orchestration_with_stand_in_components() {
     assert_eq!((pid, start_time), (a2.pid, a2.start_time));
     assert_eq!(st.process("m1"), Some((st.members[0].pid, st.members[0].start_time)));
     assert_eq!(st.process("apiserver-9"), None);
-    let f = Fault::RigProcessStop { rig_dir: st.dir.clone(), name: a2.name.clone(), pid, start_time, signal: StopSignal::Kill };
+    let f = Fault::RigProcessStop {
+        rig_dir: st.dir.clone(),
+        name: a2.name.clone(),
+        pid,
+        start_time,
+        signal: StopSignal::Kill,
+    };
     let g = rt.block_on(fault::inject(&ledger, f)).unwrap();
     let down = poll_until(Duration::from_secs(10), || {
-        states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states =
+            rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
         states.iter().any(|(n, s)| n == "apiserver-2" && s.starts_with("DOWN"))
     });
     assert!(down, "HAProxy did not mark the killed apiserver DOWN: {states:?}");
@@ -454,7 +513,8 @@ fn bring_up_orchestration_with_stand_in_components() {
     assert_ne!(a2b.pid, a2.pid);
     assert_eq!(rt.block_on(rk::host::hostname_of(a2b.pid)).as_deref(), Some("apiserver-2"));
     let up = poll_until(Duration::from_secs(10), || {
-        states = rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states =
+            rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
         states.iter().any(|(n, s)| n == "apiserver-2" && s == "UP")
     });
     assert!(up, "{states:?}");
@@ -463,7 +523,11 @@ fn bring_up_orchestration_with_stand_in_components() {
     let (code, out, err) = hadrill(&["rig", "down", "--dir", d.path()]);
     assert_eq!(code, 0, "{}", show(code, &out, &err));
     for h in &k.hosts {
-        assert!(out.contains(&format!(" {} (pid ", h.name)) || h.name == "apiserver-2", "{} not stopped:\n{out}", h.name);
+        assert!(
+            out.contains(&format!(" {} (pid ", h.name)) || h.name == "apiserver-2",
+            "{} not stopped:\n{out}",
+            h.name
+        );
     }
     assert!(!proc_::alive(a2b.pid, a2b.start_time));
     assert!(leftovers(&d.dir).is_empty(), "{:?}", leftovers(&d.dir));

@@ -20,7 +20,8 @@ pub struct SnapshotStatus {
 }
 
 pub fn parse_status(json: &str) -> Result<SnapshotStatus, String> {
-    serde_json::from_str(json.trim()).map_err(|e| format!("cannot read `snapshot status` output ({e}): {}", json.trim()))
+    serde_json::from_str(json.trim())
+        .map_err(|e| format!("cannot read `snapshot status` output ({e}): {}", json.trim()))
 }
 
 /// What the drill saw.
@@ -79,7 +80,12 @@ pub fn judge(d: &Drill) -> CheckOutcome {
         ));
     }
     match &d.restored_before {
-        None => return fail(format!("the member restored from the snapshot lacks {} (written before the snapshot)", d.before_key)),
+        None => {
+            return fail(format!(
+                "the member restored from the snapshot lacks {} (written before the snapshot)",
+                d.before_key
+            ))
+        }
         Some(v) if v != &d.before_value => {
             return fail(format!(
                 "the member restored from the snapshot holds {:?} under {}, expected {:?}",
@@ -156,7 +162,11 @@ mod tests {
         let mut d = drill();
         d.status.revision = 100;
         let c = judge(&d);
-        assert!(!c.passed && c.message.contains("revision 100, before the marker written at revision 118"), "{}", c.message);
+        assert!(
+            !c.passed && c.message.contains("revision 100, before the marker written at revision 118"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

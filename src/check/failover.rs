@@ -44,24 +44,15 @@ impl Span {
 
 /// The runs of consecutive failures of `kind`'s requests that started in `[from, to]`.
 pub fn failure_spans(ops: &[ApiOp], kind: ClientKind, from: Instant, to: Instant) -> Vec<Span> {
-    let mut mine: Vec<&ApiOp> = ops
-        .iter()
-        .filter(|o| o.client == kind && o.start >= from && o.start <= to)
-        .collect();
+    let mut mine: Vec<&ApiOp> = ops.iter().filter(|o| o.client == kind && o.start >= from && o.start <= to).collect();
     mine.sort_by_key(|o| o.start);
     let mut out = Vec::new();
     let mut cur: Option<Span> = None;
     for o in mine {
         match (&o.outcome, cur.as_mut()) {
             (Err(e), None) => {
-                cur = Some(Span {
-                    client: kind,
-                    from: o.start,
-                    to: o.end,
-                    failed: 1,
-                    open: true,
-                    first_error: e.clone(),
-                })
+                cur =
+                    Some(Span { client: kind, from: o.start, to: o.end, failed: 1, open: true, first_error: e.clone() })
             }
             (Err(_), Some(s)) => {
                 s.failed += 1;
@@ -94,36 +85,19 @@ pub fn api_available(ops: &[ApiOp], t0: Instant, from: Instant, to: Instant, max
         secs(max)
     );
     for kind in [ClientKind::Reused, ClientKind::Fresh] {
-        let n = ops
-            .iter()
-            .filter(|o| o.client == kind && o.start >= from && o.start <= to)
-            .count();
-        let failed = ops
-            .iter()
-            .filter(|o| o.client == kind && o.start >= from && o.start <= to && o.outcome.is_err())
-            .count();
+        let n = ops.iter().filter(|o| o.client == kind && o.start >= from && o.start <= to).count();
+        let failed =
+            ops.iter().filter(|o| o.client == kind && o.start >= from && o.start <= to && o.outcome.is_err()).count();
         let spans = failure_spans(ops, kind, from, to);
         let longest = spans.iter().max_by_key(|s| s.length());
         let total: Duration = spans.iter().map(|s| s.length()).sum();
         let long = longest.map(|s| s.length()).unwrap_or_default();
         ms.push(
-            Measurement::new(
-                format!("kube_api_disruption_{}", kind.key()),
-                round3(long.as_secs_f64()),
-                "s",
-            )
-            .with_bound(max.as_secs_f64()),
+            Measurement::new(format!("kube_api_disruption_{}", kind.key()), round3(long.as_secs_f64()), "s")
+                .with_bound(max.as_secs_f64()),
         );
-        ms.push(Measurement::new(
-            format!("kube_api_failed_seconds_{}", kind.key()),
-            round3(total.as_secs_f64()),
-            "s",
-        ));
-        ms.push(Measurement::new(
-            format!("kube_api_failed_requests_{}", kind.key()),
-            failed as f64,
-            "requests",
-        ));
+        ms.push(Measurement::new(format!("kube_api_failed_seconds_{}", kind.key()), round3(total.as_secs_f64()), "s"));
+        ms.push(Measurement::new(format!("kube_api_failed_requests_{}", kind.key()), failed as f64, "requests"));
         evidence.push_str(&format!(
             "  {} : {n} requests, {failed} failed, {} run(s) of failures\n",
             kind.label(),
@@ -141,10 +115,7 @@ pub fn api_available(ops: &[ApiOp], t0: Instant, from: Instant, to: Instant, max
             ));
         }
         if n == 0 {
-            bad.push(format!(
-                "the API probe made no request over a {} in the window: nothing to judge",
-                kind.label()
-            ));
+            bad.push(format!("the API probe made no request over a {} in the window: nothing to judge", kind.label()));
             continue;
         }
         match longest {
@@ -165,11 +136,7 @@ pub fn api_available(ops: &[ApiOp], t0: Instant, from: Instant, to: Instant, max
     let mut out = if bad.is_empty() {
         CheckOutcome::pass(
             N,
-            format!(
-                "API available through the load balancer within the {} budget: {}",
-                secs(max),
-                good.join("; ")
-            ),
+            format!("API available through the load balancer within the {} budget: {}", secs(max), good.join("; ")),
         )
     } else {
         CheckOutcome::fail(N, bad.join("; "))
@@ -183,9 +150,7 @@ pub fn api_available(ops: &[ApiOp], t0: Instant, from: Instant, to: Instant, max
 
 /// The holder of `lease` at `t` (the last observation at or before it).
 pub fn holder_at<'a>(obs: &'a [LeaseObs], lease: &str, t: Instant) -> Option<&'a LeaseObs> {
-    obs.iter()
-        .filter(|o| o.lease == lease && o.at <= t)
-        .max_by_key(|o| o.at)
+    obs.iter().filter(|o| o.lease == lease && o.at <= t).max_by_key(|o| o.at)
 }
 
 fn lease_table(obs: &[LeaseObs], lease: &str, t0: Instant) -> String {
@@ -212,9 +177,7 @@ fn lease_table(obs: &[LeaseObs], lease: &str, t0: Instant) -> String {
 /// The first observation after `fault_at` of a holder other than the one before the fault.
 pub fn takeover<'a>(obs: &'a [LeaseObs], lease: &str, fault_at: Instant) -> Option<&'a LeaseObs> {
     let before = holder_at(obs, lease, fault_at).and_then(|o| o.holder.clone());
-    obs.iter()
-        .filter(|o| o.lease == lease && o.at > fault_at)
-        .find(|o| o.holder.is_some() && o.holder != before)
+    obs.iter().filter(|o| o.lease == lease && o.at > fault_at).find(|o| o.holder.is_some() && o.holder != before)
 }
 
 /// Another instance holds `lease` within `bound` of the fault (`why` says what the bound is
@@ -322,9 +285,7 @@ fn node_table(obs: &[NodeObs], t0: Instant) -> String {
 /// The first observation after `fault_at` of `node` (any control-plane node when None) not
 /// Ready.
 pub fn first_not_ready<'a>(obs: &'a [NodeObs], node: Option<&str>, fault_at: Instant) -> Option<&'a NodeObs> {
-    obs.iter()
-        .filter(|o| o.at > fault_at && node.is_none_or(|n| o.node == n))
-        .find(|o| !o.ready())
+    obs.iter().filter(|o| o.at > fault_at && node.is_none_or(|n| o.node == n)).find(|o| !o.ready())
 }
 
 /// `node` (the one the fault hit; any when None) turned NotReady within `bound` of the fault,
@@ -340,14 +301,9 @@ pub fn node_not_ready(
 ) -> CheckOutcome {
     const N: &str = "kube_node_not_ready";
     let evidence = node_table(obs, t0);
-    let who = node
-        .map(|n| format!("node {n}"))
-        .unwrap_or_else(|| "no control-plane node".into());
+    let who = node.map(|n| format!("node {n}")).unwrap_or_else(|| "no control-plane node".into());
     if let Some(n) = node {
-        let before = obs
-            .iter()
-            .filter(|o| o.node == n && o.at <= fault_at)
-            .max_by_key(|o| o.at);
+        let before = obs.iter().filter(|o| o.node == n && o.at <= fault_at).max_by_key(|o| o.at);
         match before {
             None => {
                 return CheckOutcome::fail(
@@ -359,10 +315,7 @@ pub fn node_not_ready(
             Some(b) if !b.ready() => {
                 return CheckOutcome::fail(
                     N,
-                    format!(
-                        "node {n} was already Ready={} before the fault: nothing to measure",
-                        b.status
-                    ),
+                    format!("node {n} was already Ready={} before the fault: nothing to measure", b.status),
                 )
                 .with_evidence(evidence)
             }
@@ -405,11 +358,7 @@ pub fn node_not_ready(
             let waited = now.saturating_duration_since(fault_at);
             CheckOutcome::fail(
                 N,
-                format!(
-                    "{who} still Ready {} after the fault; bound {} ({why})",
-                    secs(waited),
-                    secs(bound)
-                ),
+                format!("{who} still Ready {} after the fault; bound {} ({why})", secs(waited), secs(bound)),
             )
             .with_measurement(
                 Measurement::new("node_not_ready_after", round3(waited.as_secs_f64()), "s")
@@ -426,20 +375,12 @@ pub fn not_ready_now(obs: &[NodeObs]) -> Vec<(String, String)> {
     for o in obs {
         latest.insert(&o.node, o);
     }
-    latest
-        .into_values()
-        .filter(|o| !o.ready())
-        .map(|o| (o.node.clone(), o.status.clone()))
-        .collect()
+    latest.into_values().filter(|o| !o.ready()).map(|o| (o.node.clone(), o.status.clone())).collect()
 }
 
 /// The failing checks a verbose health answer names (`[-]etcd failed: reason withheld`).
 pub fn failing_checks(body: &str) -> Vec<String> {
-    body.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("[-]"))
-        .map(str::to_string)
-        .collect()
+    body.lines().map(str::trim).filter(|l| l.starts_with("[-]")).map(str::to_string).collect()
 }
 
 fn who(a: &HealthAnswer) -> String {
@@ -475,11 +416,7 @@ pub fn apiservers_ready(answers: &[HealthAnswer]) -> CheckOutcome {
             }
         }
     }
-    let n = answers
-        .iter()
-        .map(|a| &a.endpoint)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
+    let n = answers.iter().map(|a| &a.endpoint).collect::<std::collections::BTreeSet<_>>().len();
     if n == 0 {
         return CheckOutcome::fail(
             N,
@@ -488,20 +425,13 @@ pub fn apiservers_ready(answers: &[HealthAnswer]) -> CheckOutcome {
     }
     let m = Measurement::new(
         "apiservers_ready",
-        (n - answers
-            .iter()
-            .filter(|a| !a.ok())
-            .map(|a| &a.endpoint)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()) as f64,
+        (n - answers.iter().filter(|a| !a.ok()).map(|a| &a.endpoint).collect::<std::collections::BTreeSet<_>>().len())
+            as f64,
         "apiservers",
     )
     .with_bound(n as f64);
     if bad.is_empty() {
-        CheckOutcome::pass(
-            N,
-            format!("all {n} apiservers answer /livez and /readyz 200 on their own address"),
-        )
+        CheckOutcome::pass(N, format!("all {n} apiservers answer /livez and /readyz 200 on their own address"))
     } else {
         CheckOutcome::fail(N, bad.join("; "))
     }

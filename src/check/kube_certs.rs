@@ -48,11 +48,7 @@ pub enum ApiAnswer {
     /// Served as `system:anonymous` (403 naming it, or a 2xx): the certificate was not used.
     Anonymous { status: u16, message: String },
     /// The certificate's user was authenticated: a 2xx, or a 403 that names the user.
-    Authenticated {
-        user: Option<String>,
-        status: u16,
-        message: String,
-    },
+    Authenticated { user: Option<String>, status: u16, message: String },
     /// Not tested: unreachable, we refused the server's certificate, an answer we cannot read.
     Untested(String),
 }
@@ -76,41 +72,18 @@ pub fn classify(a: &HttpAnswer) -> ApiAnswer {
         return ApiAnswer::Untested("the TLS handshake completed but no HTTP answer came".into());
     };
     let st: ApiStatus = serde_json::from_str(&a.body).unwrap_or_default();
-    let message = if st.message.is_empty() {
-        a.body.chars().take(200).collect()
-    } else {
-        st.message.clone()
-    };
+    let message = if st.message.is_empty() { a.body.chars().take(200).collect() } else { st.message.clone() };
     match code {
         401 => ApiAnswer::Refused(format!(
             "HTTP 401 {} (Status reason `{}`)",
-            if st.reason.is_empty() {
-                "Unauthorized"
-            } else {
-                st.reason.as_str()
-            },
-            if st.reason.is_empty() {
-                "none"
-            } else {
-                st.reason.as_str()
-            }
+            if st.reason.is_empty() { "Unauthorized" } else { st.reason.as_str() },
+            if st.reason.is_empty() { "none" } else { st.reason.as_str() }
         )),
         403 => match forbidden_user(&message) {
-            Some(u) if u == "system:anonymous" => ApiAnswer::Anonymous {
-                status: 403,
-                message,
-            },
-            user => ApiAnswer::Authenticated {
-                user,
-                status: 403,
-                message,
-            },
+            Some(u) if u == "system:anonymous" => ApiAnswer::Anonymous { status: 403, message },
+            user => ApiAnswer::Authenticated { user, status: 403, message },
         },
-        200..=299 => ApiAnswer::Authenticated {
-            user: None,
-            status: code,
-            message: String::new(),
-        },
+        200..=299 => ApiAnswer::Authenticated { user: None, status: code, message: String::new() },
         other => ApiAnswer::Untested(format!("HTTP {other}: {message}")),
     }
 }
@@ -148,19 +121,15 @@ pub fn refuses_client_cert(
     let (mut bad, mut refused, mut untested) = (Vec::new(), Vec::new(), Vec::new());
     for (label, a) in tried {
         let c = classify(a);
-        evidence.push_str(&format!(
-            "  {label}: {}; HTTP {:?}; {c:?}\n",
-            a.handshake, a.status
-        ));
+        evidence.push_str(&format!("  {label}: {}; HTTP {:?}; {c:?}\n", a.handshake, a.status));
         match (kind, c) {
             (_, ApiAnswer::Refused(how)) => refused.push(format!("{label} ({how})")),
             (ClientCertKind::Missing, ApiAnswer::Anonymous { status: 403, .. }) => {
                 refused.push(format!("{label} (HTTP 403 Forbidden as system:anonymous)"))
             }
             (ClientCertKind::Missing, ApiAnswer::Anonymous { status, .. })
-            | (ClientCertKind::Missing, ApiAnswer::Authenticated { status, .. }) => bad.push(format!(
-                "{label} ANSWERED {what} with HTTP {status}: anonymous requests may read {PROBE_PATH}"
-            )),
+            | (ClientCertKind::Missing, ApiAnswer::Authenticated { status, .. }) => bad
+                .push(format!("{label} ANSWERED {what} with HTTP {status}: anonymous requests may read {PROBE_PATH}")),
             (_, ApiAnswer::Anonymous { status, .. }) => bad.push(format!(
                 "{label} served {what} as system:anonymous (HTTP {status}) instead of refusing it with 401: \
                  the certificate was not verified (no --client-ca-file, or a proxy in front that terminates TLS?)"
@@ -188,25 +157,19 @@ pub fn accepts_control_cert(
     tried: &[(String, HttpAnswer)],
 ) -> (CheckOutcome, Vec<String>) {
     const N: &str = "apiserver_accepts_control_cert";
-    let mut evidence = format!(
-        "presented: {} with GET {PROBE_PATH}\n",
-        describe_window(cert)
-    );
+    let mut evidence = format!("presented: {} with GET {PROBE_PATH}\n", describe_window(cert));
     let (mut bad, mut ok, mut untested) = (Vec::new(), Vec::new(), Vec::new());
     for (label, a) in tried {
         let c = classify(a);
-        evidence.push_str(&format!(
-            "  {label}: {}; HTTP {:?}; {c:?}\n",
-            a.handshake, a.status
-        ));
+        evidence.push_str(&format!("  {label}: {}; HTTP {:?}; {c:?}\n", a.handshake, a.status));
         match c {
             ApiAnswer::Authenticated { user: Some(u), status, .. } if u == user => {
                 ok.push(format!("{label} (HTTP {status} for user `{u}`)"))
             }
             ApiAnswer::Authenticated { user: None, status, .. } => ok.push(format!("{label} (HTTP {status})")),
-            ApiAnswer::Authenticated { user: Some(u), status, .. } => bad.push(format!(
-                "{label} took the control certificate for user `{u}`, not `{user}` (HTTP {status})"
-            )),
+            ApiAnswer::Authenticated { user: Some(u), status, .. } => {
+                bad.push(format!("{label} took the control certificate for user `{u}`, not `{user}` (HTTP {status})"))
+            }
             ApiAnswer::Refused(how) => {
                 bad.push(format!("{label} REFUSED a valid client certificate signed by the cluster CA ({how})"))
             }
@@ -214,46 +177,37 @@ pub fn accepts_control_cert(
                 "{label} served the valid control certificate as system:anonymous (HTTP {status}): it does not \
                  authenticate client certificates (no --client-ca-file, or a TLS-terminating proxy in front?)"
             )),
-            ApiAnswer::Untested(why) => untested.push(format!("{label}: could not present the control certificate: {why}")),
+            ApiAnswer::Untested(why) => {
+                untested.push(format!("{label}: could not present the control certificate: {why}"))
+            }
         }
     }
     let out = if !bad.is_empty() {
         CheckOutcome::fail(N, bad.join("; "))
     } else {
-        CheckOutcome::pass(
-            N,
-            format!("authenticated the control certificate: {}", ok.join(", ")),
-        )
+        CheckOutcome::pass(N, format!("authenticated the control certificate: {}", ok.join(", ")))
     };
     (out.with_evidence(evidence), untested)
 }
 
 /// The verdict over the samples: once the health check has dropped the backend (at most
 /// `within` seconds in), every request during the following `window` seconds succeeds.
-pub fn lb_verdict(
-    lb: &str,
-    backend: &str,
-    samples: &[LbSample],
-    within: f64,
-    window: f64,
-) -> CheckOutcome {
+pub fn lb_verdict(lb: &str, backend: &str, samples: &[LbSample], within: f64, window: f64) -> CheckOutcome {
     const N: &str = "lb_routes_around_expired_cert";
     let failed: Vec<&LbSample> = samples.iter().filter(|s| !s.ok).collect();
     let in_window: Vec<&&LbSample> = failed.iter().filter(|s| s.at >= within).collect();
-    let mut evidence =
-        format!("load balancer {lb}; backend with the expired certificate {backend}\n");
+    let mut evidence = format!("load balancer {lb}; backend with the expired certificate {backend}\n");
     for s in samples.iter().filter(|s| !s.ok) {
         evidence.push_str(&format!("  {:>7.2}s FAILED {}\n", s.at, s.what));
     }
-    evidence.push_str(&format!(
-        "{} requests, {} failed\n",
-        samples.len(),
-        failed.len()
-    ));
+    evidence.push_str(&format!("{} requests, {} failed\n", samples.len(), failed.len()));
     let after = samples.iter().filter(|s| s.at >= within).count();
     if after == 0 {
-        return CheckOutcome::fail(N, format!("no request through {lb} was made after {within:.0}s: the window {window:.0}s is empty"))
-            .with_evidence(evidence);
+        return CheckOutcome::fail(
+            N,
+            format!("no request through {lb} was made after {within:.0}s: the window {window:.0}s is empty"),
+        )
+        .with_evidence(evidence);
     }
     if in_window.is_empty() {
         let last_fail = failed
@@ -307,9 +261,7 @@ mod tests {
     }
 
     fn window() -> CertWindow {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")
-            .unwrap()
-            .into();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z").unwrap().into();
         CertWindow {
             subject: "CN=hadrill-certs-probe".into(),
             issuer: "CN=kubernetes".into(),
@@ -332,14 +284,7 @@ mod tests {
             classify(&http(403, &forbidden("hadrill-certs-probe"))),
             ApiAnswer::Authenticated { user: Some(u), status: 403, .. } if u == "hadrill-certs-probe"
         ));
-        assert!(matches!(
-            classify(&http(200, "{}")),
-            ApiAnswer::Authenticated {
-                user: None,
-                status: 200,
-                ..
-            }
-        ));
+        assert!(matches!(classify(&http(200, "{}")), ApiAnswer::Authenticated { user: None, status: 200, .. }));
         let alert = HttpAnswer {
             handshake: HandshakeOutcome::RefusedByServer {
                 alert: "BadCertificate".into(),
@@ -348,51 +293,29 @@ mod tests {
             status: None,
             body: String::new(),
         };
-        assert_eq!(
-            classify(&alert),
-            ApiAnswer::Refused("TLS alert BadCertificate in the handshake".into())
-        );
-        let down = HttpAnswer {
-            handshake: HandshakeOutcome::Connect("refused".into()),
-            status: None,
-            body: String::new(),
-        };
+        assert_eq!(classify(&alert), ApiAnswer::Refused("TLS alert BadCertificate in the handshake".into()));
+        let down =
+            HttpAnswer { handshake: HandshakeOutcome::Connect("refused".into()), status: None, body: String::new() };
         assert!(matches!(classify(&down), ApiAnswer::Untested(_)));
     }
 
     #[test]
     fn a_401_for_an_expired_certificate_passes_and_names_it() {
         let tried = vec![
-            (
-                "apiserver https://10.0.0.11:6443 (cp-1)".to_string(),
-                http(401, UNAUTHORIZED),
-            ),
-            (
-                "load balancer https://10.0.0.10:6443".to_string(),
-                http(401, UNAUTHORIZED),
-            ),
+            ("apiserver https://10.0.0.11:6443 (cp-1)".to_string(), http(401, UNAUTHORIZED)),
+            ("load balancer https://10.0.0.10:6443".to_string(), http(401, UNAUTHORIZED)),
         ];
         let (o, untested) = refuses_client_cert(ClientCertKind::Expired, Some(&window()), &tried);
         assert!(o.passed, "{}", o.message);
         assert!(untested.is_empty());
-        assert!(
-            o.message.contains("(cp-1) (HTTP 401 Unauthorized"),
-            "{}",
-            o.message
-        );
+        assert!(o.message.contains("(cp-1) (HTTP 401 Unauthorized"), "{}", o.message);
     }
 
     #[test]
     fn an_apiserver_that_authenticates_an_expired_certificate_fails() {
         let tried = vec![
-            (
-                "apiserver https://10.0.0.11:6443 (cp-1)".to_string(),
-                http(401, UNAUTHORIZED),
-            ),
-            (
-                "apiserver https://10.0.0.12:6443 (cp-2)".to_string(),
-                http(403, &forbidden("hadrill-certs-probe")),
-            ),
+            ("apiserver https://10.0.0.11:6443 (cp-1)".to_string(), http(401, UNAUTHORIZED)),
+            ("apiserver https://10.0.0.12:6443 (cp-2)".to_string(), http(403, &forbidden("hadrill-certs-probe"))),
         ];
         let (o, _) = refuses_client_cert(ClientCertKind::Expired, Some(&window()), &tried);
         assert!(!o.passed);
@@ -405,27 +328,17 @@ mod tests {
 
     #[test]
     fn a_certificate_served_as_anonymous_fails_with_the_likely_cause() {
-        let tried = vec![(
-            "load balancer https://10.0.0.10:6443".to_string(),
-            http(403, &forbidden("system:anonymous")),
-        )];
+        let tried =
+            vec![("load balancer https://10.0.0.10:6443".to_string(), http(403, &forbidden("system:anonymous")))];
         let (o, _) = refuses_client_cert(ClientCertKind::UnknownCa, Some(&window()), &tried);
         assert!(!o.passed);
-        assert!(
-            o.message
-                .contains("as system:anonymous (HTTP 403) instead of refusing it with 401"),
-            "{}",
-            o.message
-        );
+        assert!(o.message.contains("as system:anonymous (HTTP 403) instead of refusing it with 401"), "{}", o.message);
     }
 
     #[test]
     fn missing_certificate_refused_as_anonymous_or_401_and_fails_when_served() {
         let ok = vec![
-            (
-                "apiserver a".to_string(),
-                http(403, &forbidden("system:anonymous")),
-            ),
+            ("apiserver a".to_string(), http(403, &forbidden("system:anonymous"))),
             ("apiserver b".to_string(), http(401, UNAUTHORIZED)),
         ];
         let (o, _) = refuses_client_cert(ClientCertKind::Missing, None, &ok);
@@ -434,11 +347,7 @@ mod tests {
         let served = vec![("apiserver a".to_string(), http(200, "{}"))];
         let (o, _) = refuses_client_cert(ClientCertKind::Missing, None, &served);
         assert!(!o.passed);
-        assert!(
-            o.message.contains("anonymous requests may read"),
-            "{}",
-            o.message
-        );
+        assert!(o.message.contains("anonymous requests may read"), "{}", o.message);
     }
 
     #[test]
@@ -448,45 +357,28 @@ mod tests {
             status: None,
             body: String::new(),
         };
-        let (o, untested) = refuses_client_cert(
-            ClientCertKind::Expired,
-            Some(&window()),
-            &[("apiserver a".into(), down)],
-        );
-        assert!(
-            o.passed,
-            "the verdict covers only what was tested; the engine turns `untested` into an error"
-        );
+        let (o, untested) =
+            refuses_client_cert(ClientCertKind::Expired, Some(&window()), &[("apiserver a".into(), down)]);
+        assert!(o.passed, "the verdict covers only what was tested; the engine turns `untested` into an error");
         assert_eq!(untested.len(), 1);
     }
 
     #[test]
     fn control_certificate() {
-        let tried = vec![(
-            "apiserver a".to_string(),
-            http(403, &forbidden("hadrill-certs-probe")),
-        )];
+        let tried = vec![("apiserver a".to_string(), http(403, &forbidden("hadrill-certs-probe")))];
         let (o, _) = accepts_control_cert("hadrill-certs-probe", &window(), &tried);
         assert!(o.passed, "{}", o.message);
         let tried = vec![("apiserver a".to_string(), http(401, UNAUTHORIZED))];
         let (o, _) = accepts_control_cert("hadrill-certs-probe", &window(), &tried);
         assert!(!o.passed);
         assert!(
-            o.message
-                .contains("REFUSED a valid client certificate signed by the cluster CA (HTTP 401"),
+            o.message.contains("REFUSED a valid client certificate signed by the cluster CA (HTTP 401"),
             "{}",
             o.message
         );
-        let tried = vec![(
-            "apiserver a".to_string(),
-            http(403, &forbidden("system:anonymous")),
-        )];
+        let tried = vec![("apiserver a".to_string(), http(403, &forbidden("system:anonymous")))];
         let (o, _) = accepts_control_cert("hadrill-certs-probe", &window(), &tried);
-        assert!(
-            !o.passed && o.message.contains("system:anonymous"),
-            "{}",
-            o.message
-        );
+        assert!(!o.passed && o.message.contains("system:anonymous"), "{}", o.message);
     }
 
     fn samples(fails_at: &[f64], until: f64) -> Vec<LbSample> {
@@ -497,11 +389,7 @@ mod tests {
             v.push(LbSample {
                 at: t,
                 ok,
-                what: if ok {
-                    "HTTP 200".into()
-                } else {
-                    "we refused the server's certificate: it has expired".into()
-                },
+                what: if ok { "HTTP 200".into() } else { "we refused the server's certificate: it has expired".into() },
             });
             t += 0.5;
         }
@@ -511,19 +399,9 @@ mod tests {
     #[test]
     fn a_balancer_that_drops_the_backend_passes() {
         let s = samples(&[0.5, 1.5, 3.0], 20.0);
-        let o = lb_verdict(
-            "https://10.0.0.10:6443",
-            "https://10.0.0.12:6443",
-            &s,
-            10.0,
-            10.0,
-        );
+        let o = lb_verdict("https://10.0.0.10:6443", "https://10.0.0.12:6443", &s, 10.0, 10.0);
         assert!(o.passed, "{}", o.message);
-        assert!(
-            o.message.contains("the last failure at 3.0s"),
-            "{}",
-            o.message
-        );
+        assert!(o.message.contains("the last failure at 3.0s"), "{}", o.message);
     }
 
     /// HAProxy with `check-ssl verify none` keeps the backend: one request in three keeps failing.
@@ -531,20 +409,9 @@ mod tests {
     fn a_balancer_that_keeps_the_backend_fails_and_says_why() {
         let fails: Vec<f64> = (0..40).map(|i| i as f64 * 1.5).collect();
         let s = samples(&fails, 20.0);
-        let o = lb_verdict(
-            "https://10.0.0.10:6443",
-            "https://10.0.0.12:6443",
-            &s,
-            10.0,
-            10.0,
-        );
+        let o = lb_verdict("https://10.0.0.10:6443", "https://10.0.0.12:6443", &s, 10.0, 10.0);
         assert!(!o.passed);
-        assert!(
-            o.message
-                .contains("keeps sending traffic to https://10.0.0.12:6443"),
-            "{}",
-            o.message
-        );
+        assert!(o.message.contains("keeps sending traffic to https://10.0.0.12:6443"), "{}", o.message);
         assert!(o.message.contains("check-ssl verify none"), "{}", o.message);
     }
 }

@@ -32,7 +32,12 @@ pub fn control_plane_count(d: &Discovery, min: usize, odd: bool) -> CheckOutcome
     let n = d.nodes.len();
     let m = Measurement::new("control_plane_nodes", n as f64, "nodes").with_min(min as f64);
     let out = if n < min {
-        CheckOutcome::fail(N, format!("{n} control-plane node(s), expected at least {min}: losing one node loses the control plane's quorum"))
+        CheckOutcome::fail(
+            N,
+            format!(
+                "{n} control-plane node(s), expected at least {min}: losing one node loses the control plane's quorum"
+            ),
+        )
     } else if odd && n % 2 == 0 {
         CheckOutcome::fail(
             N,
@@ -80,7 +85,12 @@ fn same_host(a: &str, b: &str) -> bool {
 /// Whether one SAN (`DNS:name`, `IP:addr`, or a bare name or address) covers `host`.
 /// A wildcard matches exactly one leftmost label; an IP host needs an IP SAN.
 pub fn san_matches(san: &str, host: &str) -> bool {
-    let san = san.strip_prefix("DNS:").or_else(|| san.strip_prefix("IP Address:")).or_else(|| san.strip_prefix("IP:")).unwrap_or(san).trim();
+    let san = san
+        .strip_prefix("DNS:")
+        .or_else(|| san.strip_prefix("IP Address:"))
+        .or_else(|| san.strip_prefix("IP:"))
+        .unwrap_or(san)
+        .trim();
     let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
     if let Ok(h) = host.parse::<IpAddr>() {
         return san.parse::<IpAddr>().is_ok_and(|s| s == h);
@@ -101,7 +111,10 @@ pub fn san_matches(san: &str, host: &str) -> bool {
 /// The apiserver serving certificate's SANs cover the kubeconfig server's host.
 pub fn serving_cert_covers(sans: &[String], host: &str, served_by: &str) -> CheckOutcome {
     const N: &str = "kube_serving_cert_covers_server";
-    let evidence = format!("certificate served by {served_by}, SANs:\n{}", sans.iter().map(|s| format!("  {s}\n")).collect::<String>());
+    let evidence = format!(
+        "certificate served by {served_by}, SANs:\n{}",
+        sans.iter().map(|s| format!("  {s}\n")).collect::<String>()
+    );
     match sans.iter().find(|s| san_matches(s, host)) {
         Some(s) => CheckOutcome::pass(N, format!("SAN {s} covers the server host {host}")),
         None => CheckOutcome::fail(
@@ -155,7 +168,10 @@ pub fn leases_renewed(d: &Discovery, now: DateTime<Utc>) -> CheckOutcome {
         }
     }
     let mut out = if bad.is_empty() {
-        CheckOutcome::pass(N, "controller-manager and scheduler leases are held and renewed within their lease duration")
+        CheckOutcome::pass(
+            N,
+            "controller-manager and scheduler leases are held and renewed within their lease duration",
+        )
     } else {
         CheckOutcome::fail(N, bad.join("; "))
     }
@@ -232,7 +248,11 @@ pub fn grace_period_of(d: &Discovery) -> Result<Duration, String> {
     kcms.sort_by_key(|p| Some(&p.node) != holder.as_ref());
     match kcms.first() {
         Some(p) => {
-            let v = if minor_version(&p.image).is_some() { p.image.clone() } else { d.server_version.clone().unwrap_or_default() };
+            let v = if minor_version(&p.image).is_some() {
+                p.image.clone()
+            } else {
+                d.server_version.clone().unwrap_or_default()
+            };
             node_monitor_grace_period(&p.flags, &v)
         }
         None => node_monitor_grace_period(&IndexMap::new(), d.server_version.as_deref().unwrap_or("")),
@@ -244,13 +264,36 @@ pub fn node_not_ready_within(node: &str, observed: Option<Duration>, grace: Dura
     const N: &str = "kube_node_not_ready_within_grace";
     let bound = grace + slack;
     match observed {
-        None => CheckOutcome::fail(N, format!("node {node} never turned NotReady within {:.0}s (grace {}s + slack {}s)", bound.as_secs_f64(), grace.as_secs(), slack.as_secs())),
+        None => CheckOutcome::fail(
+            N,
+            format!(
+                "node {node} never turned NotReady within {:.0}s (grace {}s + slack {}s)",
+                bound.as_secs_f64(),
+                grace.as_secs(),
+                slack.as_secs()
+            ),
+        ),
         Some(o) => {
             let m = Measurement::new("node_not_ready_after", o.as_secs_f64(), "s").with_bound(bound.as_secs_f64());
             if o <= bound {
-                CheckOutcome::pass(N, format!("node {node} NotReady {:.1}s after its kubelet stopped (bound {:.0}s)", o.as_secs_f64(), bound.as_secs_f64()))
+                CheckOutcome::pass(
+                    N,
+                    format!(
+                        "node {node} NotReady {:.1}s after its kubelet stopped (bound {:.0}s)",
+                        o.as_secs_f64(),
+                        bound.as_secs_f64()
+                    ),
+                )
             } else {
-                CheckOutcome::fail(N, format!("node {node} NotReady {:.1}s after its kubelet stopped, more than grace {}s + slack {}s", o.as_secs_f64(), grace.as_secs(), slack.as_secs()))
+                CheckOutcome::fail(
+                    N,
+                    format!(
+                        "node {node} NotReady {:.1}s after its kubelet stopped, more than grace {}s + slack {}s",
+                        o.as_secs_f64(),
+                        grace.as_secs(),
+                        slack.as_secs()
+                    ),
+                )
             }
             .with_measurement(m)
         }

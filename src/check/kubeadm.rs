@@ -37,11 +37,7 @@ fn tables(text: &str, is_header: impl Fn(&str) -> bool) -> Vec<(Vec<String>, Vec
         let names: Vec<String> = starts
             .iter()
             .enumerate()
-            .map(|(k, s)| {
-                line[*s..starts.get(k + 1).copied().unwrap_or(line.len())]
-                    .trim()
-                    .to_string()
-            })
+            .map(|(k, s)| line[*s..starts.get(k + 1).copied().unwrap_or(line.len())].trim().to_string())
             .collect();
         let mut rows = Vec::new();
         while let Some(row) = lines.peek() {
@@ -52,15 +48,8 @@ fn tables(text: &str, is_header: impl Fn(&str) -> bool) -> Vec<(Vec<String>, Vec
                 .iter()
                 .enumerate()
                 .map(|(k, s)| {
-                    let end = starts
-                        .get(k + 1)
-                        .copied()
-                        .unwrap_or(usize::MAX)
-                        .min(row.len());
-                    row.get((*s).min(row.len())..end)
-                        .unwrap_or("")
-                        .trim()
-                        .to_string()
+                    let end = starts.get(k + 1).copied().unwrap_or(usize::MAX).min(row.len());
+                    row.get((*s).min(row.len())..end).unwrap_or("").trim().to_string()
                 })
                 .collect();
             rows.push(cells);
@@ -72,11 +61,7 @@ fn tables(text: &str, is_header: impl Fn(&str) -> bool) -> Vec<(Vec<String>, Vec
 }
 
 fn cell<'a>(names: &[String], row: &'a [String], name: &str) -> Option<&'a str> {
-    names
-        .iter()
-        .position(|n| n == name)
-        .and_then(|i| row.get(i))
-        .map(|s| s.as_str())
+    names.iter().position(|n| n == name).and_then(|i| row.get(i)).map(|s| s.as_str())
 }
 
 /// One row of `kubeadm certs check-expiration`.
@@ -108,9 +93,7 @@ pub enum KubeadmParseError {
 /// Parses the two tables of `kubeadm certs check-expiration` (kubeadm 1.20 and later).
 pub fn parse_check_expiration(text: &str) -> Result<Vec<ExpirationRow>, KubeadmParseError> {
     let mut out = Vec::new();
-    let found = tables(text, |l| {
-        l.starts_with("CERTIFICATE") && l.contains("EXPIRES") && l.contains("RESIDUAL TIME")
-    });
+    let found = tables(text, |l| l.starts_with("CERTIFICATE") && l.contains("EXPIRES") && l.contains("RESIDUAL TIME"));
     if found.is_empty() {
         return Err(KubeadmParseError::NoExpirationTable);
     }
@@ -124,12 +107,7 @@ pub fn parse_check_expiration(text: &str) -> Result<Vec<ExpirationRow>, KubeadmP
             let expires = if date.is_empty() {
                 None
             } else {
-                Some(
-                    parse_kubeadm_date(&date).ok_or_else(|| KubeadmParseError::Date {
-                        name: name.clone(),
-                        date,
-                    })?,
-                )
+                Some(parse_kubeadm_date(&date).ok_or_else(|| KubeadmParseError::Date { name: name.clone(), date })?)
             };
             out.push(ExpirationRow {
                 name,
@@ -139,12 +117,9 @@ pub fn parse_check_expiration(text: &str) -> Result<Vec<ExpirationRow>, KubeadmP
                 authority: if is_ca {
                     String::new()
                 } else {
-                    cell(&names, &r, "CERTIFICATE AUTHORITY")
-                        .unwrap_or("")
-                        .to_string()
+                    cell(&names, &r, "CERTIFICATE AUTHORITY").unwrap_or("").to_string()
                 },
-                externally_managed: cell(&names, &r, "EXTERNALLY MANAGED")
-                    .is_some_and(|v| v == "yes"),
+                externally_managed: cell(&names, &r, "EXTERNALLY MANAGED").is_some_and(|v| v == "yes"),
                 missing,
             });
         }
@@ -155,9 +130,7 @@ pub fn parse_check_expiration(text: &str) -> Result<Vec<ExpirationRow>, KubeadmP
 /// kubeadm prints expiry as Go's `Jan 02, 2006 15:04 MST` in UTC.
 fn parse_kubeadm_date(s: &str) -> Option<DateTime<Utc>> {
     let core = s.trim().strip_suffix("UTC")?.trim();
-    NaiveDateTime::parse_from_str(core, "%b %d, %Y %H:%M")
-        .ok()
-        .map(|n| n.and_utc())
+    NaiveDateTime::parse_from_str(core, "%b %d, %Y %H:%M").ok().map(|n| n.and_utc())
 }
 
 /// Every certificate that kubeadm lists on every node it was run on stays valid for at
@@ -168,8 +141,7 @@ pub fn expiration_verdict(
     min_days: i64,
 ) -> (CheckOutcome, Vec<String>) {
     const N: &str = "kubeadm_certs_valid_for";
-    let mut evidence =
-        format!("threshold: valid for at least {min_days} days (default {DEFAULT_MIN_DAYS})\n");
+    let mut evidence = format!("threshold: valid for at least {min_days} days (default {DEFAULT_MIN_DAYS})\n");
     let (mut bad, mut unreadable) = (Vec::new(), Vec::new());
     let mut least: Option<i64> = None;
     let mut counted = 0;
@@ -185,10 +157,7 @@ pub fn expiration_verdict(
         for r in rows {
             let kind = if r.is_ca { "CA" } else { "certificate" };
             let Some(exp) = r.expires else {
-                evidence.push_str(&format!(
-                    "  {node}: {kind} {} missing (not checked)\n",
-                    r.name
-                ));
+                evidence.push_str(&format!("  {node}: {kind} {} missing (not checked)\n", r.name));
                 continue;
             };
             counted += 1;
@@ -199,11 +168,7 @@ pub fn expiration_verdict(
                 r.name,
                 exp.format("%Y-%m-%d %H:%M UTC"),
                 r.residual,
-                if r.externally_managed {
-                    ", externally managed"
-                } else {
-                    ""
-                }
+                if r.externally_managed { ", externally managed" } else { "" }
             ));
             if exp < now {
                 bad.push(format!(
@@ -217,11 +182,7 @@ pub fn expiration_verdict(
                     "{node}: kubeadm {kind} {} expires in {days} days ({}), less than {min_days}{}",
                     r.name,
                     exp.format("%Y-%m-%d"),
-                    if r.externally_managed {
-                        " (externally managed: renew it where it is made)"
-                    } else {
-                        ""
-                    }
+                    if r.externally_managed { " (externally managed: renew it where it is made)" } else { "" }
                 ));
             }
         }
@@ -239,10 +200,8 @@ pub fn expiration_verdict(
         )
     };
     if let Some(l) = least {
-        out = out.with_measurement(
-            Measurement::new("kubeadm_cert_days_left", l as f64, "days")
-                .with_bound(min_days as f64),
-        );
+        out = out
+            .with_measurement(Measurement::new("kubeadm_cert_days_left", l as f64, "days").with_bound(min_days as f64));
     }
     (out.with_evidence(evidence), unreadable)
 }
@@ -283,9 +242,7 @@ pub fn parse_upgrade_plan(text: &str) -> UpgradePlan {
             }
         }
     }
-    for (names, rows) in tables(text, |l| {
-        l.starts_with("COMPONENT") && l.contains("CURRENT") && l.contains("TARGET")
-    }) {
+    for (names, rows) in tables(text, |l| l.starts_with("COMPONENT") && l.contains("CURRENT") && l.contains("TARGET")) {
         for r in rows {
             p.rows.push(PlanRow {
                 component: r.first().cloned().unwrap_or_default(),
@@ -322,21 +279,14 @@ pub fn classify_apply(succeeded: bool, output: &str) -> ApplyAnswer {
         return ApplyAnswer::RefusedOneMinor(line.trim().trim_start_matches("- ").to_string());
     }
     let last = |pred: &dyn Fn(&str) -> bool| {
-        output
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && pred(l))
-            .last()
-            .map(str::to_string)
+        output.lines().map(str::trim).filter(|l| !l.is_empty() && pred(l)).last().map(str::to_string)
     };
     if succeeded {
         return ApplyAnswer::WouldAccept(last(&|_| true).unwrap_or_else(|| "exit status 0".into()));
     }
-    let why = last(&|l| {
-        l.contains("FATAL") || l.starts_with("error") || l.contains("error execution phase")
-    })
-    .or_else(|| last(&|l| !l.starts_with("To see the stack trace")))
-    .unwrap_or_else(|| "no output".into());
+    let why = last(&|l| l.contains("FATAL") || l.starts_with("error") || l.contains("error execution phase"))
+        .or_else(|| last(&|l| !l.starts_with("To see the stack trace")))
+        .unwrap_or_else(|| "no output".into());
     ApplyAnswer::OtherError(why)
 }
 
@@ -406,9 +356,7 @@ front-proxy-ca          Dec 28, 2035 23:36 UTC   9y              no
 ";
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
-            .unwrap()
-            .into()
+        DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().into()
     }
 
     #[test]
@@ -418,22 +366,12 @@ front-proxy-ca          Dec 28, 2035 23:36 UTC   9y              no
         let api = rows.iter().find(|r| r.name == "apiserver").unwrap();
         assert_eq!(api.residual, "<invalid>");
         assert_eq!(api.authority, "ca");
-        assert_eq!(
-            api.expires,
-            Some(
-                DateTime::parse_from_rfc3339("2026-11-01T10:00:00Z")
-                    .unwrap()
-                    .into()
-            )
-        );
+        assert_eq!(api.expires, Some(DateTime::parse_from_rfc3339("2026-11-01T10:00:00Z").unwrap().into()));
         let sa = rows.iter().find(|r| r.name == "super-admin.conf").unwrap();
         assert!(sa.missing && sa.expires.is_none());
         let ca = rows.iter().find(|r| r.name == "etcd-ca").unwrap();
         assert!(ca.is_ca && ca.residual == "9y" && !ca.externally_managed);
-        assert_eq!(
-            parse_check_expiration("error: no kubeadm here"),
-            Err(KubeadmParseError::NoExpirationTable)
-        );
+        assert_eq!(parse_check_expiration("error: no kubeadm here"), Err(KubeadmParseError::NoExpirationTable));
     }
 
     #[test]
@@ -448,10 +386,8 @@ front-proxy-ca          Dec 28, 2035 23:36 UTC   9y              no
              cp-2: kubeadm certificate controller-manager.conf expires in 19 days (2026-12-10), less than 30"
         );
         // with the two bad rows renewed, it passes; the missing super-admin.conf is not a failure
-        let good: Vec<ExpirationRow> = rows
-            .into_iter()
-            .filter(|r| r.name != "apiserver" && r.name != "controller-manager.conf")
-            .collect();
+        let good: Vec<ExpirationRow> =
+            rows.into_iter().filter(|r| r.name != "apiserver" && r.name != "controller-manager.conf").collect();
         let (o, _) = expiration_verdict(&[("cp-2".into(), Ok(good))], now(), 30);
         assert!(o.passed, "{}", o.message);
         assert!(o.evidence.contains("super-admin.conf missing"));
@@ -550,19 +486,14 @@ To see the stack trace of this error execute with --v=5 or higher
 
     #[test]
     fn a_kubeadm_that_would_accept_fails_the_case() {
-        let out =
-            "[upgrade/version] You have chosen to change the cluster version to \"v1.30.0\"\n\
+        let out = "[upgrade/version] You have chosen to change the cluster version to \"v1.30.0\"\n\
                    [dryrun] Finished dryrunning successfully!\n";
         let a = classify_apply(true, out);
-        assert_eq!(
-            a,
-            ApplyAnswer::WouldAccept("[dryrun] Finished dryrunning successfully!".into())
-        );
+        assert_eq!(a, ApplyAnswer::WouldAccept("[dryrun] Finished dryrunning successfully!".into()));
         let o = upgrade_verdict("cp-1", &parse_upgrade_plan(PLAN), "v1.30.0", &a).unwrap();
         assert!(!o.passed);
         assert!(
-            o.message
-                .starts_with("kubeadm on cp-1 would ACCEPT an upgrade from v1.28.9 to v1.30.0"),
+            o.message.starts_with("kubeadm on cp-1 would ACCEPT an upgrade from v1.28.9 to v1.30.0"),
             "{}",
             o.message
         );
@@ -572,14 +503,8 @@ To see the stack trace of this error execute with --v=5 or higher
     fn another_error_is_a_harness_error_naming_it() {
         let out = "[upgrade/config] FATAL: failed to get config map: Get \"https://10.0.0.10:6443/api/v1/namespaces/kube-system/configmaps/kubeadm-config?timeout=10s\": dial tcp 10.0.0.10:6443: connect: connection refused\nTo see the stack trace of this error execute with --v=5 or higher\n";
         let a = classify_apply(false, out);
-        assert!(
-            matches!(&a, ApplyAnswer::OtherError(l) if l.contains("connection refused")),
-            "{a:?}"
-        );
+        assert!(matches!(&a, ApplyAnswer::OtherError(l) if l.contains("connection refused")), "{a:?}");
         let e = upgrade_verdict("cp-1", &UpgradePlan::default(), "v1.30.0", &a).unwrap_err();
-        assert!(
-            e.contains("the policy was not tested") && e.contains("connection refused"),
-            "{e}"
-        );
+        assert!(e.contains("the policy was not tested") && e.contains("connection refused"), "{e}");
     }
 }

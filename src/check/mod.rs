@@ -4,11 +4,11 @@
 pub mod certs;
 pub mod dr;
 pub mod failover;
-pub mod quorum;
-pub mod skew;
 pub mod kube_certs;
 pub mod kube_topology;
 pub mod kubeadm;
+pub mod quorum;
+pub mod skew;
 pub mod topology;
 
 use crate::report::Measurement;
@@ -30,7 +30,13 @@ impl CheckOutcome {
         Self { name: name.into(), passed: true, message: message.into(), evidence: String::new(), measurements: vec![] }
     }
     pub fn fail(name: &str, message: impl Into<String>) -> Self {
-        Self { name: name.into(), passed: false, message: message.into(), evidence: String::new(), measurements: vec![] }
+        Self {
+            name: name.into(),
+            passed: false,
+            message: message.into(),
+            evidence: String::new(),
+            measurements: vec![],
+        }
     }
     pub fn with_evidence(mut self, evidence: impl Into<String>) -> Self {
         self.evidence = evidence.into();

@@ -54,7 +54,8 @@ pub fn ops_table(ops: &[WriteOp], base: Instant, around: Option<(Instant, Instan
 /// The longest stretch of `[from, to]` without an acknowledgement (by end time), with where
 /// it lies.
 pub fn longest_ack_gap(ops: &[WriteOp], from: Instant, to: Instant) -> (Duration, Instant, Instant) {
-    let mut ends: Vec<Instant> = ops.iter().filter(|o| o.outcome.is_ack() && o.end >= from && o.end <= to).map(|o| o.end).collect();
+    let mut ends: Vec<Instant> =
+        ops.iter().filter(|o| o.outcome.is_ack() && o.end >= from && o.end <= to).map(|o| o.end).collect();
     ends.sort();
     let mut prev = from;
     let mut best = (Duration::ZERO, from, from);
@@ -78,7 +79,10 @@ pub fn writes_continue(ops: &[WriteOp], base: Instant, from: Instant, to: Instan
     let m = Measurement::new("write_gap_max", r3(gap.as_secs_f64()), "s").with_bound(max_gap.as_secs_f64());
     let at = |t: Instant| t.saturating_duration_since(base).as_secs_f64();
     let out = if tried == 0 {
-        CheckOutcome::fail(N, format!("the write probe made no put in the {} window: nothing shows writes continued", s(to - from)))
+        CheckOutcome::fail(
+            N,
+            format!("the write probe made no put in the {} window: nothing shows writes continued", s(to - from)),
+        )
     } else if gap > max_gap {
         CheckOutcome::fail(
             N,
@@ -107,7 +111,14 @@ pub fn writes_continue(ops: &[WriteOp], base: Instant, from: Instant, to: Instan
 
 /// Fault → first acknowledged write (of a put started after the fault), against `bound`.
 /// `observed_until` is how long the history was watched.
-pub fn failover(ops: &[WriteOp], base: Instant, fault_at: Instant, observed_until: Instant, bound: Duration, bound_why: &str) -> CheckOutcome {
+pub fn failover(
+    ops: &[WriteOp],
+    base: Instant,
+    fault_at: Instant,
+    observed_until: Instant,
+    bound: Duration,
+    bound_why: &str,
+) -> CheckOutcome {
     const N: &str = "failover";
     let first = ops.iter().filter(|o| o.outcome.is_ack() && o.start >= fault_at).min_by_key(|o| o.end);
     match first {
@@ -117,16 +128,34 @@ pub fn failover(ops: &[WriteOp], base: Instant, fault_at: Instant, observed_unti
                 N,
                 format!("no write acknowledged in the {} after the fault, bound {} ({bound_why})", s(waited), s(bound)),
             )
-            .with_measurement(Measurement::new("failover", r3(waited.as_secs_f64()), "s").with_bound(bound.as_secs_f64()))
+            .with_measurement(
+                Measurement::new("failover", r3(waited.as_secs_f64()), "s").with_bound(bound.as_secs_f64()),
+            )
             .with_evidence(ops_table(ops, base, Some((fault_at, observed_until)), 40))
         }
         Some(o) => {
             let t = o.end.saturating_duration_since(fault_at);
             let m = Measurement::new("failover", r3(t.as_secs_f64()), "s").with_bound(bound.as_secs_f64());
             let out = if t <= bound {
-                CheckOutcome::pass(N, format!("first write acknowledged {} after the fault via {} ≤ bound {} ({bound_why})", s(t), o.member, s(bound)))
+                CheckOutcome::pass(
+                    N,
+                    format!(
+                        "first write acknowledged {} after the fault via {} ≤ bound {} ({bound_why})",
+                        s(t),
+                        o.member,
+                        s(bound)
+                    ),
+                )
             } else {
-                CheckOutcome::fail(N, format!("first write acknowledged {} after the fault via {}, bound {} ({bound_why})", s(t), o.member, s(bound)))
+                CheckOutcome::fail(
+                    N,
+                    format!(
+                        "first write acknowledged {} after the fault via {}, bound {} ({bound_why})",
+                        s(t),
+                        o.member,
+                        s(bound)
+                    ),
+                )
             };
             out.with_measurement(m).with_evidence(ops_table(ops, base, Some((fault_at, o.end)), 40))
         }
@@ -134,13 +163,23 @@ pub fn failover(ops: &[WriteOp], base: Instant, fault_at: Instant, observed_unti
 }
 
 /// No put started in `[from, to]` was acknowledged, and some were tried.
-pub fn writes_fail(ops: &[WriteOp], base: Instant, from: Instant, to: Instant, members: usize, alive: usize) -> CheckOutcome {
+pub fn writes_fail(
+    ops: &[WriteOp],
+    base: Instant,
+    from: Instant,
+    to: Instant,
+    members: usize,
+    alive: usize,
+) -> CheckOutcome {
     const N: &str = "writes_fail";
     let window: Vec<&WriteOp> = ops.iter().filter(|o| o.start >= from && o.start <= to).collect();
     let acked: Vec<&&WriteOp> = window.iter().filter(|o| o.outcome.is_ack()).collect();
     let quorum = quorum_size(members);
     let out = if window.is_empty() {
-        CheckOutcome::fail(N, format!("the write probe made no put in the {} window: nothing shows writes fail", s(to - from)))
+        CheckOutcome::fail(
+            N,
+            format!("the write probe made no put in the {} window: nothing shows writes fail", s(to - from)),
+        )
     } else if let Some(first) = acked.first() {
         CheckOutcome::fail(
             N,
@@ -165,8 +204,10 @@ pub fn writes_fail(ops: &[WriteOp], base: Instant, from: Instant, to: Instant, m
             ),
         )
     };
-    out.with_measurement(Measurement::new("writes_acknowledged_without_quorum", acked.len() as f64, "puts").with_bound(0.0))
-        .with_evidence(ops_table(ops, base, Some((from, to)), 40))
+    out.with_measurement(
+        Measurement::new("writes_acknowledged_without_quorum", acked.len() as f64, "puts").with_bound(0.0),
+    )
+    .with_evidence(ops_table(ops, base, Some((from, to)), 40))
 }
 
 /// What one member answered to a read.
@@ -194,8 +235,10 @@ fn reads_table(rs: &[ReadResult]) -> String {
 pub fn linearizable_reads_fail(rs: &[ReadResult], members: usize) -> CheckOutcome {
     const N: &str = "linearizable_reads_fail";
     let reachable: Vec<&ReadResult> = rs.iter().filter(|r| r.reachable).collect();
-    let answered: Vec<String> =
-        reachable.iter().filter_map(|r| r.answer.as_ref().ok().map(|rev| format!("{} (revision {rev})", r.member))).collect();
+    let answered: Vec<String> = reachable
+        .iter()
+        .filter_map(|r| r.answer.as_ref().ok().map(|rev| format!("{} (revision {rev})", r.member)))
+        .collect();
     let out = if reachable.is_empty() {
         CheckOutcome::fail(N, "no member is reachable, so no member was shown to refuse a linearizable read")
     } else if !answered.is_empty() {
@@ -209,7 +252,10 @@ pub fn linearizable_reads_fail(rs: &[ReadResult], members: usize) -> CheckOutcom
             ),
         )
     } else {
-        CheckOutcome::pass(N, format!("all {} reachable member(s) refused linearizable reads without quorum", reachable.len()))
+        CheckOutcome::pass(
+            N,
+            format!("all {} reachable member(s) refused linearizable reads without quorum", reachable.len()),
+        )
     };
     out.with_evidence(reads_table(rs))
 }
@@ -223,7 +269,15 @@ pub fn serializable_reads_answer(rs: &[ReadResult]) -> CheckOutcome {
     let out = if reachable.is_empty() {
         CheckOutcome::fail(N, "no member is reachable: no serializable read could answer")
     } else if !refused.is_empty() {
-        CheckOutcome::fail(N, format!("serializable read refused by {} of {} reachable member(s): {}", refused.len(), reachable.len(), refused.join("; ")))
+        CheckOutcome::fail(
+            N,
+            format!(
+                "serializable read refused by {} of {} reachable member(s): {}",
+                refused.len(),
+                reachable.len(),
+                refused.join("; ")
+            ),
+        )
     } else {
         CheckOutcome::pass(N, format!("serializable reads answered by all {} reachable member(s)", reachable.len()))
     };
@@ -246,7 +300,10 @@ pub fn isolated_leader_refuses(
     let mine: Vec<&WriteOp> = ops.iter().filter(|o| o.member == member && o.start >= from).collect();
     let acked: Vec<&&WriteOp> = mine.iter().filter(|o| o.outcome.is_ack()).collect();
     let mut out = if mine.is_empty() {
-        CheckOutcome::fail(N, format!("no put reached the isolated leader {member} after the fault: its refusal is not shown"))
+        CheckOutcome::fail(
+            N,
+            format!("no put reached the isolated leader {member} after the fault: its refusal is not shown"),
+        )
     } else if let Some(a) = acked.first() {
         CheckOutcome::fail(
             N,
@@ -270,7 +327,9 @@ pub fn isolated_leader_refuses(
         }
     };
     if let Some(d) = stepped_down_after {
-        out = out.with_measurement(Measurement::new("isolated_leader_step_down", r3(d.as_secs_f64()), "s").with_bound(bound.as_secs_f64()));
+        out = out.with_measurement(
+            Measurement::new("isolated_leader_step_down", r3(d.as_secs_f64()), "s").with_bound(bound.as_secs_f64()),
+        );
     }
     out.with_evidence(ops_table(&mine.into_iter().cloned().collect::<Vec<_>>(), base, None, 40))
 }
@@ -298,7 +357,8 @@ pub fn new_leader_elected(
     let quorum = quorum_size(members);
     let side_ids: BTreeSet<u64> = side.iter().filter_map(|n| ids.get(n).copied()).collect();
     let mut latest: BTreeMap<&str, &LeaderSample> = BTreeMap::new();
-    let mut sorted: Vec<&LeaderSample> = samples.iter().filter(|x| x.at >= fault_at && side.contains(&x.member)).collect();
+    let mut sorted: Vec<&LeaderSample> =
+        samples.iter().filter(|x| x.at >= fault_at && side.contains(&x.member)).collect();
     sorted.sort_by_key(|x| x.at);
     for x in sorted {
         latest.insert(&x.member, x);
@@ -365,15 +425,22 @@ pub fn lost_writes<'a>(ops: &'a [WriteOp], present: &BTreeMap<String, String>) -
 }
 
 /// Every acknowledged write is still there with its value.
-pub fn no_lost_writes(ops: &[WriteOp], base: Instant, present: &BTreeMap<String, String>, read_at_revision: i64) -> CheckOutcome {
+pub fn no_lost_writes(
+    ops: &[WriteOp],
+    base: Instant,
+    present: &BTreeMap<String, String>,
+    read_at_revision: i64,
+) -> CheckOutcome {
     const N: &str = "no_lost_writes";
     let acked = ops.iter().filter(|o| o.outcome.is_ack()).count();
     let unknown = ops.iter().filter(|o| matches!(o.outcome, Outcome::Unknown { .. })).count();
-    let unknown_present = ops.iter().filter(|o| matches!(o.outcome, Outcome::Unknown { .. }) && present.contains_key(&o.key)).count();
+    let unknown_present =
+        ops.iter().filter(|o| matches!(o.outcome, Outcome::Unknown { .. }) && present.contains_key(&o.key)).count();
     let lost = lost_writes(ops, present);
     let m = Measurement::new("lost_writes", lost.len() as f64, "writes").with_bound(0.0);
     if acked == 0 {
-        return CheckOutcome::fail(N, "the write probe has no acknowledged write: nothing shows writes survive").with_measurement(m);
+        return CheckOutcome::fail(N, "the write probe has no acknowledged write: nothing shows writes survive")
+            .with_measurement(m);
     }
     if lost.is_empty() {
         return CheckOutcome::pass(
@@ -442,7 +509,8 @@ pub fn converged(hs: &[MemberHash], target_rev: i64, waited: Duration) -> CheckO
             )
         })
         .collect();
-    let silent: Vec<String> = hs.iter().filter_map(|h| h.revision.as_ref().err().map(|e| format!("{}: {e}", h.member))).collect();
+    let silent: Vec<String> =
+        hs.iter().filter_map(|h| h.revision.as_ref().err().map(|e| format!("{}: {e}", h.member))).collect();
     let behind: Vec<String> = hs
         .iter()
         .filter_map(|h| match h.revision {
@@ -450,13 +518,22 @@ pub fn converged(hs: &[MemberHash], target_rev: i64, waited: Duration) -> CheckO
             _ => None,
         })
         .collect();
-    let hashes: BTreeSet<u32> = hs.iter().filter_map(|h| h.hash.as_ref().and_then(|x| x.as_ref().ok().copied())).collect();
-    let no_hash: Vec<String> =
-        hs.iter().filter_map(|h| h.hash.as_ref().and_then(|x| x.as_ref().err()).map(|e| format!("{}: {e}", h.member))).collect();
+    let hashes: BTreeSet<u32> =
+        hs.iter().filter_map(|h| h.hash.as_ref().and_then(|x| x.as_ref().ok().copied())).collect();
+    let no_hash: Vec<String> = hs
+        .iter()
+        .filter_map(|h| h.hash.as_ref().and_then(|x| x.as_ref().err()).map(|e| format!("{}: {e}", h.member)))
+        .collect();
     let out = if !silent.is_empty() {
-        CheckOutcome::fail(N, format!("after {} {} member(s) do not answer: {}", s(waited), silent.len(), silent.join("; ")))
+        CheckOutcome::fail(
+            N,
+            format!("after {} {} member(s) do not answer: {}", s(waited), silent.len(), silent.join("; ")),
+        )
     } else if !behind.is_empty() {
-        CheckOutcome::fail(N, format!("after {} not every member reached revision {target_rev}: {}", s(waited), behind.join(", ")))
+        CheckOutcome::fail(
+            N,
+            format!("after {} not every member reached revision {target_rev}: {}", s(waited), behind.join(", ")),
+        )
     } else if !no_hash.is_empty() {
         CheckOutcome::fail(N, format!("KV hash at revision {target_rev} not given by: {}", no_hash.join("; ")))
     } else if hashes.len() != 1 {
@@ -468,7 +545,11 @@ pub fn converged(hs: &[MemberHash], target_rev: i64, waited: Duration) -> CheckO
     } else {
         CheckOutcome::pass(
             N,
-            format!("all {} members reached revision {target_rev} and agree on KV hash {:#010x} there", hs.len(), hashes.iter().next().unwrap_or(&0)),
+            format!(
+                "all {} members reached revision {target_rev} and agree on KV hash {:#010x} there",
+                hs.len(),
+                hashes.iter().next().unwrap_or(&0)
+            ),
         )
     };
     out.with_measurement(Measurement::new("convergence", r3(waited.as_secs_f64()), "s")).with_evidence(table)
@@ -495,7 +576,10 @@ pub fn partition_size(n: usize, side: &crate::suite::PartitionSide) -> Result<us
         _ => k,
     };
     if followers_needed > n.saturating_sub(1) || k == 0 || k >= n {
-        return Err(format!("a partition of {k} of {n} members cannot be made ({} follower(s) available)", n.saturating_sub(1)));
+        return Err(format!(
+            "a partition of {k} of {n} members cannot be made ({} follower(s) available)",
+            n.saturating_sub(1)
+        ));
     }
     Ok(k)
 }
@@ -551,7 +635,8 @@ mod tests {
         let good = ops(b, &[(0, 10, 'a', "m1"), (100, 110, 'a', "m2"), (200, 210, 'a', "m1"), (300, 310, 'a', "m2")]);
         let c = writes_continue(&good, b, b, ms(b, 400), Duration::from_millis(200));
         assert!(c.passed, "{}", c.message);
-        let bad = ops(b, &[(0, 10, 'a', "m1"), (100, 2100, 'u', "m3"), (150, 1500, 'a', "m2"), (1600, 1610, 'a', "m1")]);
+        let bad =
+            ops(b, &[(0, 10, 'a', "m1"), (100, 2100, 'u', "m3"), (150, 1500, 'a', "m2"), (1600, 1610, 'a', "m1")]);
         let c = writes_continue(&bad, b, b, ms(b, 1700), Duration::from_millis(500));
         assert!(!c.passed);
         assert!(c.message.contains("1.490s") && c.message.contains("bound 0.500s"), "{}", c.message);
@@ -566,7 +651,10 @@ mod tests {
         let b = Instant::now();
         let f = ms(b, 1000);
         // an ack of a put started before the fault does not count
-        let h = ops(b, &[(900, 1100, 'a', "m1"), (1050, 3050, 'u', "m2"), (1500, 2000, 'f', "m3"), (2100, 2350, 'a', "m2")]);
+        let h = ops(
+            b,
+            &[(900, 1100, 'a', "m1"), (1050, 3050, 'u', "m2"), (1500, 2000, 'f', "m3"), (2100, 2350, 'a', "m2")],
+        );
         let c = failover(&h, b, f, ms(b, 4000), Duration::from_secs(3), "3 × election timeout 1000ms");
         assert!(c.passed, "{}", c.message);
         assert_eq!(c.measurements[0].value, 1.35);
@@ -586,14 +674,26 @@ mod tests {
         assert!(c.passed, "{}", c.message);
         let h = ops(b, &[(100, 2100, 'u', "m1"), (200, 260, 'a', "m1")]);
         let c = writes_fail(&h, b, ms(b, 50), ms(b, 300), 3, 1);
-        assert!(!c.passed && c.message.contains("1 of 2 puts acknowledged with 1 of 3 members up (quorum 2)"), "{}", c.message);
+        assert!(
+            !c.passed && c.message.contains("1 of 2 puts acknowledged with 1 of 3 members up (quorum 2)"),
+            "{}",
+            c.message
+        );
         assert!(!writes_fail(&[], b, b, ms(b, 10), 3, 1).passed);
     }
 
     #[test]
     fn reads_without_quorum() {
-        let r = |m: &str, reach: bool, a: Result<i64, &str>| ReadResult { member: m.into(), reachable: reach, answer: a.map_err(String::from) };
-        let lone = vec![r("m1", true, Err("context deadline exceeded")), r("m2", false, Err("connection refused")), r("m3", false, Err("refused"))];
+        let r = |m: &str, reach: bool, a: Result<i64, &str>| ReadResult {
+            member: m.into(),
+            reachable: reach,
+            answer: a.map_err(String::from),
+        };
+        let lone = vec![
+            r("m1", true, Err("context deadline exceeded")),
+            r("m2", false, Err("connection refused")),
+            r("m3", false, Err("refused")),
+        ];
         assert!(linearizable_reads_fail(&lone, 3).passed);
         let bad = vec![r("m1", true, Ok(42)), r("m2", false, Err("refused"))];
         let c = linearizable_reads_fail(&bad, 3);
@@ -609,21 +709,46 @@ mod tests {
         let b = Instant::now();
         let f = ms(b, 1000);
         let h = ops(b, &[(1200, 3200, 'u', "m1"), (1300, 1310, 'a', "m2"), (1400, 3400, 'u', "m1")]);
-        let c = isolated_leader_refuses(&h, b, "m1", f, Duration::from_millis(100), Some(Duration::from_millis(1500)), Duration::from_secs(5));
+        let c = isolated_leader_refuses(
+            &h,
+            b,
+            "m1",
+            f,
+            Duration::from_millis(100),
+            Some(Duration::from_millis(1500)),
+            Duration::from_secs(5),
+        );
         assert!(c.passed, "{}", c.message);
         let h2 = ops(b, &[(1200, 1250, 'a', "m1")]);
-        let c = isolated_leader_refuses(&h2, b, "m1", f, Duration::from_millis(100), Some(Duration::from_millis(1500)), Duration::from_secs(5));
+        let c = isolated_leader_refuses(
+            &h2,
+            b,
+            "m1",
+            f,
+            Duration::from_millis(100),
+            Some(Duration::from_millis(1500)),
+            Duration::from_secs(5),
+        );
         assert!(!c.passed && c.message.contains("acknowledged 1 of 1"), "{}", c.message);
         let c = isolated_leader_refuses(&h, b, "m1", f, Duration::from_millis(100), None, Duration::from_secs(5));
         assert!(!c.passed && c.message.contains("still called itself leader"), "{}", c.message);
-        let c = isolated_leader_refuses(&h, b, "m1", f, Duration::from_millis(100), Some(Duration::from_secs(7)), Duration::from_secs(5));
+        let c = isolated_leader_refuses(
+            &h,
+            b,
+            "m1",
+            f,
+            Duration::from_millis(100),
+            Some(Duration::from_secs(7)),
+            Duration::from_secs(5),
+        );
         assert!(!c.passed && c.message.contains("7.000s") && c.message.contains("bound 5.000s"), "{}", c.message);
     }
 
     #[test]
     fn majority_election_needs_a_quorum_of_all_members_on_the_majority_side() {
         let b = Instant::now();
-        let ids: BTreeMap<String, u64> = [("m1", 1), ("m2", 2), ("m3", 3)].iter().map(|(n, i)| (n.to_string(), *i)).collect();
+        let ids: BTreeMap<String, u64> =
+            [("m1", 1), ("m2", 2), ("m3", 3)].iter().map(|(n, i)| (n.to_string(), *i)).collect();
         let side: BTreeSet<String> = ["m2", "m3"].iter().map(|s| s.to_string()).collect();
         let smp = |at, m: &str, leader, term| LeaderSample { at: ms(b, at), member: m.into(), leader, term };
         let samples = vec![
@@ -651,13 +776,18 @@ mod tests {
     fn an_acknowledged_write_deleted_behind_our_back_is_lost() {
         let b = Instant::now();
         let h = ops(b, &[(0, 10, 'a', "m1"), (100, 110, 'a', "m2"), (200, 2200, 'u', "m3"), (300, 310, 'f', "m1")]);
-        let mut present: BTreeMap<String, String> = h.iter().filter(|o| o.outcome.is_ack()).map(|o| (o.key.clone(), o.value.clone())).collect();
+        let mut present: BTreeMap<String, String> =
+            h.iter().filter(|o| o.outcome.is_ack()).map(|o| (o.key.clone(), o.value.clone())).collect();
         let c = no_lost_writes(&h, b, &present, 99);
         assert!(c.passed, "{}", c.message);
         present.remove(&h[1].key);
         let c = no_lost_writes(&h, b, &present, 99);
         assert!(!c.passed);
-        assert!(c.message.starts_with("1 of 2 acknowledged writes lost") && c.message.contains(&h[1].key), "{}", c.message);
+        assert!(
+            c.message.starts_with("1 of 2 acknowledged writes lost") && c.message.contains(&h[1].key),
+            "{}",
+            c.message
+        );
         assert!(c.evidence.contains("MISSING"), "{}", c.evidence);
         assert_eq!(c.measurements[0].value, 1.0);
         present.insert(h[1].key.clone(), "tampered".into());

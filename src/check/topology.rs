@@ -50,7 +50,10 @@ pub fn member_count(v: &ClusterView, min: usize, odd: bool) -> CheckOutcome {
             ),
         )
     } else {
-        CheckOutcome::pass(N, format!("{voters} voting etcd members, tolerates {} failure(s)", crate::check::quorum_tolerance(voters)))
+        CheckOutcome::pass(
+            N,
+            format!("{voters} voting etcd members, tolerates {} failure(s)", crate::check::quorum_tolerance(voters)),
+        )
     };
     out.with_evidence(member_table(v)).with_measurement(m)
 }
@@ -80,7 +83,8 @@ pub fn members_reachable(v: &ClusterView) -> CheckOutcome {
 pub fn one_leader(v: &ClusterView) -> CheckOutcome {
     const N: &str = "etcd_one_leader";
     let answering: Vec<_> = v.members.iter().filter_map(|m| m.status.as_ref().ok().map(|s| (m, s))).collect();
-    let leaders: Vec<String> = answering.iter().filter(|(m, s)| s.leader == m.id).map(|(m, _)| m.name.clone()).collect();
+    let leaders: Vec<String> =
+        answering.iter().filter(|(m, s)| s.leader == m.id).map(|(m, _)| m.name.clone()).collect();
     let out = match leaders.len() {
         1 => CheckOutcome::pass(N, format!("one leader: {}", leaders[0])),
         0 if answering.is_empty() => CheckOutcome::fail(N, "no member answered, so no leader could be seen"),
@@ -113,7 +117,12 @@ pub fn leader_agreement(v: &ClusterView) -> CheckOutcome {
         let leader = *leaders.iter().next().unwrap_or(&0);
         CheckOutcome::pass(
             N,
-            format!("all {} members see leader {} in term {}", answering.len(), v.name_of(leader), terms.iter().next().unwrap_or(&0)),
+            format!(
+                "all {} members see leader {} in term {}",
+                answering.len(),
+                v.name_of(leader),
+                terms.iter().next().unwrap_or(&0)
+            ),
         )
     };
     out.with_evidence(member_table(v))
@@ -186,7 +195,13 @@ pub(crate) mod tests {
     #[test]
     fn healthy_cluster_passes_everything() {
         let v = healthy();
-        for c in [member_count(&v, 3, true), members_reachable(&v), one_leader(&v), leader_agreement(&v), db_size_spread(&v, 2.0)] {
+        for c in [
+            member_count(&v, 3, true),
+            members_reachable(&v),
+            one_leader(&v),
+            leader_agreement(&v),
+            db_size_spread(&v, 2.0),
+        ] {
             assert!(c.passed, "{}: {}", c.name, c.message);
         }
     }

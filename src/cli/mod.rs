@@ -126,7 +126,12 @@ fn clap_one_line(rendered: &str) -> String {
     let what = para.join(" ");
     let what = what.trim_start_matches("error:").trim();
     let what = if what.is_empty() { "invalid command line" } else { what };
-    let tip = rendered.lines().map(str::trim).find_map(|l| l.strip_prefix("tip: ")).map(|t| format!("; {t}")).unwrap_or_default();
+    let tip = rendered
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("tip: "))
+        .map(|t| format!("; {t}"))
+        .unwrap_or_default();
     match rendered.lines().map(str::trim).find_map(|l| l.strip_prefix("Usage: ")) {
         Some(usage) => format!("{what}{tip} (usage: {usage}; see --help)"),
         None => format!("{what}{tip} (see --help)"),
@@ -141,7 +146,8 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HADRILL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("hadrill={level}")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Fatal> {

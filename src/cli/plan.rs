@@ -37,7 +37,12 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
         let (text, cp, d) = rt
             .block_on(crate::controlplane::discovered::plan_report(k, resolved.config.node_access.as_ref()))
             .map_err(|e| {
-                let m = format!("Kubernetes API {} (context {}): cannot discover the control plane: {}", k.server, k.context, crate::exit::chain(&e));
+                let m = format!(
+                    "Kubernetes API {} (context {}): cannot discover the control plane: {}",
+                    k.server,
+                    k.context,
+                    crate::exit::chain(&e)
+                );
                 if e.is_permission() {
                     Fatal::usage(m)
                 } else {
@@ -97,11 +102,15 @@ pub fn writes(suite: &str, c: &crate::suite::Case) -> Vec<String> {
     let mut out = Vec::new();
     for s in &c.steps {
         match s {
-            Step::Probe(ProbeSpec::EtcdWrites { per_second, .. }) => {
-                out.push(format!("etcd keys /hadrill/<run>/{suite}/{}/… at {per_second}/s (deleted at the end of the case)", c.name))
-            }
+            Step::Probe(ProbeSpec::EtcdWrites { per_second, .. }) => out.push(format!(
+                "etcd keys /hadrill/<run>/{suite}/{}/… at {per_second}/s (deleted at the end of the case)",
+                c.name
+            )),
             Step::Check(CheckSpec::EtcdSnapshotRestores { .. }) => {
-                out.push(format!("two marker keys /hadrill/<run>/{suite}/{}/… in etcd (deleted at the end of the case)", c.name));
+                out.push(format!(
+                    "two marker keys /hadrill/<run>/{suite}/{}/… in etcd (deleted at the end of the case)",
+                    c.name
+                ));
                 out.push(
                     "a snapshot of etcd (every Secret of the cluster) into a 0600 file under $TMPDIR/hadrill-dr-…, and a scratch etcd on loopback restored from it (both removed at the end of the case; journaled for `hadrill recover`)"
                         .into(),
@@ -191,7 +200,8 @@ pub fn revert(f: &FaultSpec) -> String {
         FaultSpec::PeerLatency { .. } => "delete the netem qdisc (or the dead-man timer does)".into(),
         FaultSpec::KubeletStop { .. } => "systemctl start kubelet on the same node".into(),
         FaultSpec::ComponentStop { .. } => {
-            "move the manifest back (the kubelet restarts the pod); rig: restart the process with its flags and data".into()
+            "move the manifest back (the kubelet restarts the pod); rig: restart the process with its flags and data"
+                .into()
         }
         FaultSpec::NodeEtcdPartition { .. } => {
             "delete the rules on the node (or the dead-man timer on the node does, even if the API is down)".into()
@@ -199,6 +209,8 @@ pub fn revert(f: &FaultSpec) -> String {
         FaultSpec::ApiserverCertExpired { .. } => {
             "copy the backed-up apiserver.crt back over it, byte for byte (the apiserver reloads it)".into()
         }
-        FaultSpec::NodePeerLatency { .. } => "delete the netem qdisc on the node (or the dead-man timer on the node does)".into(),
+        FaultSpec::NodePeerLatency { .. } => {
+            "delete the netem qdisc on the node (or the dead-man timer on the node does)".into()
+        }
     }
 }

@@ -78,7 +78,9 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
 async fn access_pods(g: &Global) -> Result<usize, Fatal> {
     let r = super::target::resolve(g)?;
     let Some(kc) = &r.kubeconfig else { return Ok(0) };
-    let k = crate::target::kube::KubeTarget::load(kc, r.context.as_deref()).await.map_err(|e| Fatal::usage(e.to_string()))?;
+    let k = crate::target::kube::KubeTarget::load(kc, r.context.as_deref())
+        .await
+        .map_err(|e| Fatal::usage(e.to_string()))?;
     let client = kube::Client::try_from(k.config.clone()).map_err(|e| Fatal::usage(crate::exit::chain(&e)))?;
     // every namespace a config may have used: the configured one and the default
     let cfg = r.config.node_access.clone().unwrap_or_default();
@@ -108,7 +110,9 @@ async fn access_pods(g: &Global) -> Result<usize, Fatal> {
 fn scratch_namespaces(g: &Global, args: &RecoverArgs, rt: &tokio::runtime::Runtime) -> Result<usize, Fatal> {
     let resolved = super::target::resolve(g)?;
     let kubeconfig = resolved.kubeconfig.clone().or_else(|| {
-        std::env::var_os("KUBECONFIG").and_then(|k| std::env::split_paths(&k).next()).filter(|p| !p.as_os_str().is_empty())
+        std::env::var_os("KUBECONFIG")
+            .and_then(|k| std::env::split_paths(&k).next())
+            .filter(|p| !p.as_os_str().is_empty())
     });
     let Some(path) = kubeconfig else { return Ok(0) };
     let k = rt

@@ -49,14 +49,25 @@ pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
             let dir = dir.unwrap_or_else(rig::default_dir);
             let kube = kube_binaries(kube_bin.as_deref(), no_kube, isolation)?;
             if let Some(b) = &kube {
-                eprintln!("hadrill: kube mode with the binaries in {} (apiservers, HAProxy, controller-managers, schedulers)", b.dir.display());
+                eprintln!(
+                    "hadrill: kube mode with the binaries in {} (apiservers, HAProxy, controller-managers, schedulers)",
+                    b.dir.display()
+                );
             }
-            let st = rt
-                .block_on(rig::up_with_kube(&RigSpec { dir: dir.clone(), members, isolation }, kube))
-                .map_err(|e| if e.is_usage() { Fatal::usage(crate::exit::chain(&e)) } else { Fatal::unreachable(crate::exit::chain(&e)) })?;
+            let st = rt.block_on(rig::up_with_kube(&RigSpec { dir: dir.clone(), members, isolation }, kube)).map_err(
+                |e| {
+                    if e.is_usage() {
+                        Fatal::usage(crate::exit::chain(&e))
+                    } else {
+                        Fatal::unreachable(crate::exit::chain(&e))
+                    }
+                },
+            )?;
             print!("{}", rig::describe(&st));
             if st.kube.is_none() {
-                println!("kube mode: off (give --kube-bin DIR with the Kubernetes server binaries to add a control plane)");
+                println!(
+                    "kube mode: off (give --kube-bin DIR with the Kubernetes server binaries to add a control plane)"
+                );
             }
             println!("target file: {}", dir.join("target.yaml").display());
             println!("run against it: hadrill run --config {}", dir.join("target.yaml").display());
@@ -97,7 +108,10 @@ pub(super) fn kube_binaries(
     match given {
         Some(d) => rig::kube::Binaries::find(Some(d)).map(Some).map_err(|e| Fatal::usage(e.to_string())),
         // from PATH only where kube mode can run: root, namespaces (else etcd only, as before)
-        None if isolation == Isolation::Loopback || !nix::unistd::geteuid().is_root() || rig::net::which("ip").is_none() => {
+        None if isolation == Isolation::Loopback
+            || !nix::unistd::geteuid().is_root()
+            || rig::net::which("ip").is_none() =>
+        {
             Ok(None)
         }
         None => Ok(rig::kube::Binaries::on_path()),

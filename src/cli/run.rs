@@ -75,7 +75,8 @@ pub fn run(g: &Global, args: RunArgs) -> Result<Code, Fatal> {
     check_writable(&args.junit, "JUnit")?;
     check_writable(&args.json, "JSON")?;
     if let Some(a) = &args.artifacts {
-        std::fs::create_dir_all(a).map_err(|e| Fatal::usage(format!("cannot create --artifacts {}: {e}", a.display())))?;
+        std::fs::create_dir_all(a)
+            .map_err(|e| Fatal::usage(format!("cannot create --artifacts {}: {e}", a.display())))?;
     }
     let ledger_dir = g.ledger.clone().unwrap_or_else(Ledger::default_dir);
     let ledger = Ledger::open(&ledger_dir).map_err(|e| Fatal::usage(e.to_string()))?;
@@ -171,7 +172,8 @@ fn run_on(
 fn write_report(path: &Option<PathBuf>, what: &str, body: Result<String, String>) -> Result<(), Fatal> {
     let Some(p) = path else { return Ok(()) };
     let body = body.map_err(|e| Fatal::failed(format!("cannot render the {what} report: {e}")))?;
-    write_atomic(p, body.as_bytes()).map_err(|e| Fatal::failed(format!("cannot write the {what} report {}: {e}", p.display())))?;
+    write_atomic(p, body.as_bytes())
+        .map_err(|e| Fatal::failed(format!("cannot write the {what} report {}: {e}", p.display())))?;
     eprintln!("hadrill: wrote the {what} report to {}", p.display());
     Ok(())
 }
@@ -183,7 +185,12 @@ fn write_atomic(p: &Path, body: &[u8]) -> std::io::Result<()> {
 }
 
 /// Whether disruptive cases may run, and the reason shown when they may not.
-fn disruption(args: &RunArgs, config: &crate::config::Config, t: &crate::target::Target, own_rig: bool) -> (bool, String) {
+fn disruption(
+    args: &RunArgs,
+    config: &crate::config::Config,
+    t: &crate::target::Target,
+    own_rig: bool,
+) -> (bool, String) {
     if own_rig {
         return (true, String::new());
     }
@@ -201,4 +208,3 @@ fn disruption(args: &RunArgs, config: &crate::config::Config, t: &crate::target:
     }
     (true, String::new())
 }
-

@@ -80,7 +80,8 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
     if !endpoints.is_empty() {
         let tls = match &ca {
             Some(ca) => Some(
-                TlsMaterial::from_files(ca, cert.as_deref(), key.as_deref()).map_err(|e| Fatal::usage(e.to_string()))?,
+                TlsMaterial::from_files(ca, cert.as_deref(), key.as_deref())
+                    .map_err(|e| Fatal::usage(e.to_string()))?,
             ),
             None => {
                 if cert.is_some() || key.is_some() {
@@ -101,11 +102,8 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
     // balancer, the same code path as a real cluster), or the default one unless the target
     // is a rig or plain etcd
     let rig_kubeconfig = rig.as_ref().and_then(|r| r.kube.as_ref()).map(|k| k.admin_kubeconfig.clone());
-    let kubeconfig = r
-        .kubeconfig
-        .clone()
-        .or(rig_kubeconfig)
-        .or_else(|| if t.etcd.is_none() { default_kubeconfig() } else { None });
+    let kubeconfig =
+        r.kubeconfig.clone().or(rig_kubeconfig).or_else(|| if t.etcd.is_none() { default_kubeconfig() } else { None });
     // inside a pod with no kubeconfig: the pod's service account
     let in_cluster = kubeconfig.is_none() && t.etcd.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if kubeconfig.is_some() || in_cluster {
@@ -174,10 +172,18 @@ pub async fn reach(t: &mut Target) -> Result<(), Fatal> {
         match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
             Ok(Ok(v)) => t.fact("kube_version", v.git_version),
             Ok(Err(e)) => {
-                return Err(Fatal::unreachable(format!("Kubernetes API {} (context {}): {}", k.server, k.context, crate::exit::chain(&e))))
+                return Err(Fatal::unreachable(format!(
+                    "Kubernetes API {} (context {}): {}",
+                    k.server,
+                    k.context,
+                    crate::exit::chain(&e)
+                )))
             }
             Err(_) => {
-                return Err(Fatal::unreachable(format!("Kubernetes API {} (context {}): no answer within 10s", k.server, k.context)))
+                return Err(Fatal::unreachable(format!(
+                    "Kubernetes API {} (context {}): no answer within 10s",
+                    k.server, k.context
+                )))
             }
         }
     }

@@ -210,5 +210,11 @@ async fn serving(
         (ctx.progress)(&st.name, "reading the serving certificates of the etcd peer ports");
         read.extend(super::kubecerts::etcd_peer_windows(ctx, &material.ca_pem, st).await?);
     }
-    Ok(verdicts::serving_windows("etcd_serving_cert_valid_for", "etcd_serving_cert_days_left", &read, Utc::now(), min_days))
+    Ok(verdicts::serving_windows(
+        "etcd_serving_cert_valid_for",
+        "etcd_serving_cert_days_left",
+        &read,
+        Utc::now(),
+        min_days,
+    ))
 }

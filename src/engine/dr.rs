@@ -34,10 +34,11 @@ pub struct Tools {
 impl Tools {
     pub fn find() -> Result<Tools, String> {
         let which = crate::rig::net::which;
-        let etcd = which("etcd").ok_or("needs `etcd` on this machine's PATH to start the scratch member the snapshot is restored into")?;
-        let ctl = which("etcdutl")
-            .or_else(|| which("etcdctl"))
-            .ok_or("needs `etcdutl` or `etcdctl` on this machine's PATH for `snapshot status` and `snapshot restore`")?;
+        let etcd = which("etcd")
+            .ok_or("needs `etcd` on this machine's PATH to start the scratch member the snapshot is restored into")?;
+        let ctl = which("etcdutl").or_else(|| which("etcdctl")).ok_or(
+            "needs `etcdutl` or `etcdctl` on this machine's PATH for `snapshot status` and `snapshot restore`",
+        )?;
         Ok(Tools { etcd, ctl })
     }
 }
@@ -53,8 +54,14 @@ pub async fn check(ctx: &RunContext, within: Duration, st: &mut CaseState) -> Re
     };
     let tools = Tools::find().map_err(StepEnd::Skip)?;
     let prefix = super::quorum::case_prefix(ctx, st);
-    let dir = std::env::temp_dir().join(format!("hadrill-dr-{}-{:06x}", ctx.ledger.run_id(), st.rng.random::<u32>() & 0xff_ffff));
-    let g = fault::inject(&ctx.ledger, Fault::DrScratch { dir: dir.clone() }).await.map_err(|e| err(crate::exit::chain(&e)))?;
+    let dir = std::env::temp_dir().join(format!(
+        "hadrill-dr-{}-{:06x}",
+        ctx.ledger.run_id(),
+        st.rng.random::<u32>() & 0xff_ffff
+    ));
+    let g = fault::inject(&ctx.ledger, Fault::DrScratch { dir: dir.clone() })
+        .await
+        .map_err(|e| err(crate::exit::chain(&e)))?;
     st.log(format!("scratch directory {} (journaled; removed at the end of the case)", dir.display()));
     st.guards.push(g);
     let r = drill(ctx, &etcd, &tools, &dir, &prefix, within, st).await;
@@ -82,7 +89,8 @@ async fn drill(
     let before_key = format!("{prefix}before");
     let after_key = format!("{prefix}after");
     (ctx.progress)(&st.name, "writing the marker before the snapshot");
-    let before_revision = put(etcd, &before_key, &token).await.map_err(|e| err(format!("cannot write {before_key}: {e}")))?;
+    let before_revision =
+        put(etcd, &before_key, &token).await.map_err(|e| err(format!("cannot write {before_key}: {e}")))?;
     st.timeline.record("dr", format!("marker {before_key} written at revision {before_revision}"));
 
     (ctx.progress)(&st.name, "streaming a snapshot");
@@ -125,7 +133,8 @@ async fn drill(
     .map_err(err)?;
     let scratch = Scratch::start(tools, dir, &restored, &client, &peer).await.map_err(err)?;
     let restore_seconds = t.elapsed().as_secs_f64();
-    st.timeline.record("dr", format!("scratch member from the snapshot answers on {client} after {restore_seconds:.2}s"));
+    st.timeline
+        .record("dr", format!("scratch member from the snapshot answers on {client} after {restore_seconds:.2}s"));
 
     let target = EtcdTarget::new(vec![client.clone()], None).map_err(|e| err(e.to_string()))?;
     let restored_before = get(&target, &before_key).await.map_err(|e| err(format!("scratch member {client}: {e}")))?;
@@ -155,7 +164,9 @@ async fn put(etcd: &EtcdTarget, key: &str, value: &str) -> Result<i64, String> {
         let r = c.put(key, value, None).await.map_err(|e| crate::target::etcd::describe(&e))?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     };
-    tokio::time::timeout(etcd.request_timeout * 2, fut).await.unwrap_or_else(|_| Err(format!("no answer within {:?}", etcd.request_timeout * 2)))
+    tokio::time::timeout(etcd.request_timeout * 2, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", etcd.request_timeout * 2)))
 }
 
 async fn get(etcd: &EtcdTarget, key: &str) -> Result<Option<String>, String> {
@@ -164,7 +175,9 @@ async fn get(etcd: &EtcdTarget, key: &str) -> Result<Option<String>, String> {
         let r = c.get(key, None).await.map_err(|e| crate::target::etcd::describe(&e))?;
         Ok(r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     };
-    tokio::time::timeout(etcd.request_timeout * 2, fut).await.unwrap_or_else(|_| Err(format!("no answer within {:?}", etcd.request_timeout * 2)))
+    tokio::time::timeout(etcd.request_timeout * 2, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", etcd.request_timeout * 2)))
 }
 
 async fn delete_prefix(etcd: &EtcdTarget, prefix: &str) -> Result<i64, String> {
@@ -176,7 +189,9 @@ async fn delete_prefix(etcd: &EtcdTarget, prefix: &str) -> Result<i64, String> {
             .map_err(|e| crate::target::etcd::describe(&e))?;
         Ok(r.deleted())
     };
-    tokio::time::timeout(etcd.request_timeout * 2, fut).await.unwrap_or_else(|_| Err(format!("no answer within {:?}", etcd.request_timeout * 2)))
+    tokio::time::timeout(etcd.request_timeout * 2, fut)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", etcd.request_timeout * 2)))
 }
 
 /// Streams a snapshot from the first member that gives one into `file` (created 0600).
@@ -274,7 +289,8 @@ impl Scratch {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot start the scratch etcd ({}): {e}", tools.etcd.display()))?;
+        let child =
+            cmd.spawn().map_err(|e| format!("cannot start the scratch etcd ({}): {e}", tools.etcd.display()))?;
         let mut s = Scratch { child };
         let target = EtcdTarget::new(vec![client.to_string()], None).map_err(|e| e.to_string())?;
         let end = Instant::now() + SCRATCH_READY;
@@ -291,7 +307,9 @@ impl Scratch {
             };
             if Instant::now() >= end {
                 s.stop().await;
-                return Err(format!("the scratch etcd restored from the snapshot does not answer within {SCRATCH_READY:?}: {why}"));
+                return Err(format!(
+                    "the scratch etcd restored from the snapshot does not answer within {SCRATCH_READY:?}: {why}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

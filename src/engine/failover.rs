@@ -75,8 +75,7 @@ impl KubeProbes {
         let Some(ns) = self.namespace.take() else { return Ok(()) };
         match pk::delete_namespace(&self.client, &ns, CLEANUP).await {
             Ok(()) => {
-                self.timeline
-                    .record("cleanup", format!("scratch namespace {ns} deleted"));
+                self.timeline.record("cleanup", format!("scratch namespace {ns} deleted"));
                 Ok(())
             }
             Err(e) => {
@@ -96,17 +95,10 @@ fn err(m: impl Into<String>) -> StepEnd {
 pub(crate) fn state<'a>(ctx: &RunContext, st: &'a mut CaseState) -> Result<&'a mut KubeProbes, StepEnd> {
     if st.probes.kube.is_none() {
         let Some(k) = &ctx.target.kube else {
-            return Err(StepEnd::Skip(
-                "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into(),
-            ));
+            return Err(StepEnd::Skip("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()));
         };
-        let client = Client::try_from(k.config.clone()).map_err(|e| {
-            err(format!(
-                "kubeconfig {}: {}",
-                k.kubeconfig.display(),
-                crate::exit::chain(&e)
-            ))
-        })?;
+        let client = Client::try_from(k.config.clone())
+            .map_err(|e| err(format!("kubeconfig {}: {}", k.kubeconfig.display(), crate::exit::chain(&e))))?;
         st.probes.kube = Some(KubeProbes::new(
             client,
             pk::fresh_clients(k.config.clone()),
@@ -161,28 +153,14 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
                 }
                 Err(e) => return Err(err(e.to_string())),
             }
-            timeline.record(
-                "probe:kube-api",
-                format!("scratch namespace {ns} ready (labelled {})", pk::SCRATCH_SELECTOR),
-            );
-            pk::prepare_configmaps(&ks.client, &ns, REQUEST)
-                .await
-                .map_err(|e| err(e.to_string()))?;
+            timeline
+                .record("probe:kube-api", format!("scratch namespace {ns} ready (labelled {})", pk::SCRATCH_SELECTOR));
+            pk::prepare_configmaps(&ks.client, &ns, REQUEST).await.map_err(|e| err(e.to_string()))?;
             let h = Arc::new(ApiHistory::new(ns));
             ks.api = Some(h.clone());
             ks.api_started = Some(Instant::now());
-            let cfg = pk::ApiProbe {
-                per_second: *per_second,
-                timeout: *timeout,
-            };
-            let task = tokio::spawn(pk::run_api(
-                cfg,
-                ks.client.clone(),
-                ks.fresh.clone(),
-                h,
-                timeline,
-                stop_rx,
-            ));
+            let cfg = pk::ApiProbe { per_second: *per_second, timeout: *timeout };
+            let task = tokio::spawn(pk::run_api(cfg, ks.client.clone(), ks.fresh.clone(), h, timeline, stop_rx));
             st.probes.tasks.push(("kube-api".into(), task, stop_tx));
         }
         ProbeSpec::KubeWatch => {
@@ -246,11 +224,7 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
                     "the lease and node watches did not list {} node(s) and the leases {} within 10s{}",
                     expect_nodes,
                     expect_leases.join(", "),
-                    if why.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", why.join("; "))
-                    }
+                    if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
                 )));
             }
         }
@@ -273,15 +247,7 @@ async fn probe_(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Resul
 /// Records an outcome that an await produced: measurements, the timeline, the log.
 fn conclude(st: &mut CaseState, c: CheckOutcome) -> Result<(), StepEnd> {
     st.measurements.extend(c.measurements.iter().cloned());
-    st.timeline.record(
-        "check",
-        format!(
-            "{} {}: {}",
-            c.name,
-            if c.passed { "passed" } else { "FAILED" },
-            c.message
-        ),
-    );
+    st.timeline.record("check", format!("{} {}: {}", c.name, if c.passed { "passed" } else { "FAILED" }, c.message));
     st.log(format!("await {}: {}", c.name, c.message));
     if c.passed {
         Ok(())
@@ -307,8 +273,7 @@ fn api_history(st: &CaseState) -> Result<Arc<ApiHistory>, StepEnd> {
 }
 
 fn fault_at(st: &CaseState) -> Result<Instant, StepEnd> {
-    st.last_fault_at
-        .ok_or_else(|| err("this step measures from the last fault, and no fault was injected yet"))
+    st.last_fault_at.ok_or_else(|| err("this step measures from the last fault, and no fault was injected yet"))
 }
 
 /// Waits until `done` says yes or `until`; wakes on every watch observation, and calls
@@ -352,15 +317,11 @@ pub fn grace_with_source(d: &Discovery) -> Result<(Duration, String), String> {
         .static_pods
         .iter()
         .filter(|p| p.component == "kube-controller-manager")
-        .find_map(|p| {
-            p.flag("node-monitor-grace-period")
-                .map(|v| (p.node.clone(), v.to_string()))
-        });
+        .find_map(|p| p.flag("node-monitor-grace-period").map(|v| (p.node.clone(), v.to_string())));
     let why = match flag {
-        Some((node, v)) => format!(
-            "node-monitor grace period {}s (--node-monitor-grace-period={v} on {node})",
-            g.as_secs()
-        ),
+        Some((node, v)) => {
+            format!("node-monitor grace period {}s (--node-monitor-grace-period={v} on {node})", g.as_secs())
+        }
         None => format!(
             "node-monitor grace period {}s (the controller-manager's default for {}: 40s before 1.32, 50s from 1.32)",
             g.as_secs(),
@@ -378,11 +339,7 @@ pub fn grace_with_source(d: &Discovery) -> Result<(Duration, String), String> {
 /// `--leader-elect-retry-period` of `component` (the holder's instance first), and where it
 /// comes from.
 pub fn retry_period(d: &Discovery, component: Component, holder_node: Option<&str>) -> (Duration, String) {
-    let mut pods: Vec<_> = d
-        .static_pods
-        .iter()
-        .filter(|p| p.component == component.static_pod())
-        .collect();
+    let mut pods: Vec<_> = d.static_pods.iter().filter(|p| p.component == component.static_pod()).collect();
     pods.sort_by_key(|p| Some(p.node.as_str()) != holder_node);
     for p in pods {
         if let Some(v) = p.flag("leader-elect-retry-period") {
@@ -409,10 +366,7 @@ pub async fn await_(ctx: &RunContext, spec: &AwaitSpec, st: &mut CaseState) -> O
 async fn api_answers(ctx: &RunContext, st: &mut CaseState, count: usize, within: Duration) -> Result<(), StepEnd> {
     let h = api_history(st)?;
     let t0 = Instant::now();
-    (ctx.progress)(
-        &st.name,
-        &format!("waiting for {count} answers over reused and new connections"),
-    );
+    (ctx.progress)(&st.name, &format!("waiting for {count} answers over reused and new connections"));
     let got = poll(within, Duration::from_millis(50), || {
         let h = h.clone();
         async move {
@@ -432,12 +386,7 @@ async fn api_answers(ctx: &RunContext, st: &mut CaseState, count: usize, within:
         .ops()
         .iter()
         .rev()
-        .filter_map(|o| {
-            o.outcome
-                .as_ref()
-                .err()
-                .map(|e| format!("{} {:?}: {e}", o.client.label(), o.verb))
-        })
+        .filter_map(|o| o.outcome.as_ref().err().map(|e| format!("{} {:?}: {e}", o.client.label(), o.verb)))
         .take(10)
         .collect();
     Err(StepEnd::Failed(
@@ -477,10 +426,7 @@ async fn node_not_ready(
     let t0 = st.timeline.start();
     (ctx.progress)(
         &st.name,
-        &format!(
-            "waiting for {} to turn NotReady",
-            node.as_deref().unwrap_or("a control-plane node")
-        ),
+        &format!("waiting for {} to turn NotReady", node.as_deref().unwrap_or("a control-plane node")),
     );
     // watch past the bound, so a late transition is still measured
     let until = f + bound + bound / 2;
@@ -552,10 +498,7 @@ async fn nodes_ready(ctx: &RunContext, st: &mut CaseState, within: Duration) -> 
             "await_nodes_ready",
             format!(
                 "{} not Ready {:.0}s after the wait began (bound {:.0}s)",
-                bad.iter()
-                    .map(|(n, s)| format!("node {n} (Ready={s})"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                bad.iter().map(|(n, s)| format!("node {n} (Ready={s})")).collect::<Vec<_>>().join(", "),
                 t.elapsed().as_secs_f64(),
                 within.as_secs_f64()
             ),
@@ -571,10 +514,7 @@ async fn lease_takeover(
     slack: Duration,
 ) -> Result<(), StepEnd> {
     let Some(lease) = component.lease() else {
-        return Err(err(format!(
-            "{} holds no leader-election lease",
-            component.static_pod()
-        )));
+        return Err(err(format!("{} holds no leader-election lease", component.static_pod())));
     };
     let h = watch_history(st)?;
     let f = fault_at(st)?;
@@ -583,11 +523,8 @@ async fn lease_takeover(
     let client = ks.client.clone();
     let obs = h.leases();
     let before = fc::holder_at(&obs, lease, f).cloned();
-    let holder_node = before
-        .as_ref()
-        .and_then(|o| o.holder.as_deref())
-        .map(crate::controlplane::holder_host)
-        .map(str::to_string);
+    let holder_node =
+        before.as_ref().and_then(|o| o.holder.as_deref()).map(crate::controlplane::holder_host).map(str::to_string);
     let (duration, dur_why) = match before.as_ref().and_then(|o| o.duration) {
         Some(x) => (x, format!("leaseDurationSeconds {}s (from the Lease)", x.as_secs())),
         None => (DEFAULT_LEASE_DURATION, "lease duration default 15s".into()),
@@ -596,10 +533,7 @@ async fn lease_takeover(
     let bound = duration + retry + slack;
     let why = format!("{dur_why} + {retry_why} + slack {}s", slack.as_secs());
     let t0 = st.timeline.start();
-    (ctx.progress)(
-        &st.name,
-        &format!("waiting for another instance to take the {lease} lease"),
-    );
+    (ctx.progress)(&st.name, &format!("waiting for another instance to take the {lease} lease"));
     let until = f + bound + bound / 2;
     wait_on_watch(
         &h,
@@ -632,10 +566,7 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Op
 
 async fn api_available(ctx: &RunContext, st: &mut CaseState, max: Duration) -> Result<CheckOutcome, StepEnd> {
     let h = api_history(st)?;
-    let from = st
-        .last_fault_at
-        .or(st.probes.kube.as_ref().and_then(|k| k.api_started))
-        .unwrap_or_else(Instant::now);
+    let from = st.last_fault_at.or(st.probes.kube.as_ref().and_then(|k| k.api_started)).unwrap_or_else(Instant::now);
     let to = Instant::now();
     (ctx.progress)(&st.name, "waiting for the API requests in flight to end");
     let _ = poll(Duration::from_secs(30), Duration::from_millis(50), || {
@@ -676,16 +607,10 @@ async fn apiservers_ready(
     ks.discovery = None;
     let d = discovery_of(ks).await?;
     let endpoints: Vec<(String, Option<String>)> = d.apiservers.iter().map(|a| (a.url(), a.node.clone())).collect();
-    (ctx.progress)(
-        &st.name,
-        &format!("asking {} apiservers for /livez and /readyz", endpoints.len()),
-    );
+    (ctx.progress)(&st.name, &format!("asking {} apiservers for /livez and /readyz", endpoints.len()));
     st.timeline.record(
         "probe:kube-health",
-        format!(
-            "apiserver endpoints: {}",
-            endpoints.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>().join(", ")
-        ),
+        format!("apiserver endpoints: {}", endpoints.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>().join(", ")),
     );
     Ok(ready_check(&config, &endpoints, within).await)
 }
@@ -695,21 +620,16 @@ pub fn sans_of(der: &[u8]) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;
     let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("parse the certificate: {e}"))?;
     let mut out = Vec::new();
-    if let Some(ext) = c
-        .subject_alternative_name()
-        .map_err(|e| format!("parse its SAN extension: {e}"))?
-    {
+    if let Some(ext) = c.subject_alternative_name().map_err(|e| format!("parse its SAN extension: {e}"))? {
         for n in &ext.value.general_names {
             match n {
                 GeneralName::DNSName(s) => out.push(format!("DNS:{s}")),
-                GeneralName::IPAddress(b) if b.len() == 4 => out.push(format!(
-                    "IP:{}",
-                    IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes"))
-                )),
-                GeneralName::IPAddress(b) if b.len() == 16 => out.push(format!(
-                    "IP:{}",
-                    IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes"))
-                )),
+                GeneralName::IPAddress(b) if b.len() == 4 => {
+                    out.push(format!("IP:{}", IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes"))))
+                }
+                GeneralName::IPAddress(b) if b.len() == 16 => {
+                    out.push(format!("IP:{}", IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes"))))
+                }
                 _ => {}
             }
         }
@@ -740,14 +660,10 @@ pub async fn cert_covers_server(
 
 async fn cert_covers(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     let Some(k) = &ctx.target.kube else {
-        return Err(StepEnd::Skip(
-            "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into(),
-        ));
+        return Err(StepEnd::Skip("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()));
     };
     (ctx.progress)(&st.name, &format!("reading the certificate served at {}", k.server));
-    cert_covers_server(&k.server, k.config.tls_server_name.as_deref(), REQUEST)
-        .await
-        .map_err(err)
+    cert_covers_server(&k.server, k.config.tls_server_name.as_deref(), REQUEST).await.map_err(err)
 }
 
 /// What a case writes to the cluster besides its faults (for `plan`): the API probe's
@@ -772,10 +688,7 @@ pub fn kubelet_available(t: &crate::target::Target) -> Result<(), String> {
         });
     }
     match t.control_plane.get() {
-        Some(cp) if !cp.has_kubelet => Err(format!(
-            "needs control-plane nodes with a kubelet: {} has none",
-            cp.source
-        )),
+        Some(cp) if !cp.has_kubelet => Err(format!("needs control-plane nodes with a kubelet: {} has none", cp.source)),
         _ => Ok(()),
     }
 }
@@ -798,9 +711,7 @@ pub async fn recover_namespaces(
         }
         pk::run_alive_here(run, host)
     };
-    let found = pk::delete_leftovers(&client, REQUEST, alive)
-        .await
-        .map_err(|e| e.to_string())?;
+    let found = pk::delete_leftovers(&client, REQUEST, alive).await.map_err(|e| e.to_string())?;
     let mut failed = 0;
     let lines = found
         .into_iter()

@@ -77,7 +77,11 @@ mod tests {
         let (client, _, _t) = mock_client(kubeadm_routes("pods-kube-system-stacked.json"));
         let mut st = state();
         let d = discover(&client, "https://10.0.0.12:6443", &mut st).await.ok().unwrap();
-        assert!(st.timeline.events().iter().any(|e| e.message.contains("3 control-plane nodes, 3 apiserver endpoints")));
+        assert!(st
+            .timeline
+            .events()
+            .iter()
+            .any(|e| e.message.contains("3 control-plane nodes, 3 apiserver endpoints")));
         assert!(apply(&CheckSpec::KubeControlPlaneCount { min: 3, odd: true }, &d, Utc::now()).passed);
         let lb = apply(&CheckSpec::KubeServerIsLoadBalancer, &d, Utc::now());
         assert!(!lb.passed && lb.message.contains("cp-2"), "{}", lb.message);

@@ -43,24 +43,14 @@ pub struct KubeView {
 /// The client and a fresh discovery; a skip when the target has no Kubernetes API.
 pub async fn kube_view(ctx: &RunContext, st: &mut CaseState) -> Result<KubeView, StepEnd> {
     let Some(k) = &ctx.target.kube else {
-        return Err(StepEnd::Skip(
-            "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into(),
-        ));
+        return Err(StepEnd::Skip("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()));
     };
-    let client = kube::Client::try_from(k.config.clone()).map_err(|e| {
-        StepEnd::Error(format!(
-            "kubeconfig {}: {}",
-            k.kubeconfig.display(),
-            crate::exit::chain(&e)
-        ))
-    })?;
+    let client = kube::Client::try_from(k.config.clone())
+        .map_err(|e| StepEnd::Error(format!("kubeconfig {}: {}", k.kubeconfig.display(), crate::exit::chain(&e))))?;
     (ctx.progress)(&st.name, "discovering the control plane");
-    let d = discovery::discover(&client, &k.server).await.map_err(|e| {
-        StepEnd::Error(format!(
-            "cannot discover the control plane: {}",
-            crate::exit::chain(&e)
-        ))
-    })?;
+    let d = discovery::discover(&client, &k.server)
+        .await
+        .map_err(|e| StepEnd::Error(format!("cannot discover the control plane: {}", crate::exit::chain(&e))))?;
     st.timeline.record(
         "probe:kube-discovery",
         format!(
@@ -79,11 +69,7 @@ pub async fn kube_view(ctx: &RunContext, st: &mut CaseState) -> Result<KubeView,
             )))
         }
     };
-    Ok(KubeView {
-        client,
-        discovery: d,
-        ca_pem,
-    })
+    Ok(KubeView { client, discovery: d, ca_pem })
 }
 
 /// Where the cluster CA's key can come from, without contacting anything.
@@ -130,24 +116,15 @@ async fn cat(access: &NodeAccess, client: &kube::Client, path: &str) -> Result<S
 /// through node access. The key is held in memory only.
 pub async fn load_ca(ctx: &RunContext, kv: &KubeView, st: &mut CaseState) -> Result<Ca, StepEnd> {
     let fromfile = |crt: Option<PathBuf>, key: PathBuf| -> Result<Ca, StepEnd> {
-        let k = std::fs::read_to_string(&key).map_err(|e| {
-            StepEnd::Error(format!(
-                "cannot read the cluster CA key {}: {e}",
-                key.display()
-            ))
-        })?;
+        let k = std::fs::read_to_string(&key)
+            .map_err(|e| StepEnd::Error(format!("cannot read the cluster CA key {}: {e}", key.display())))?;
         let c = match &crt {
-            Some(c) => std::fs::read_to_string(c).map_err(|e| {
-                StepEnd::Error(format!("cannot read the cluster CA {}: {e}", c.display()))
-            })?,
+            Some(c) => std::fs::read_to_string(c)
+                .map_err(|e| StepEnd::Error(format!("cannot read the cluster CA {}: {e}", c.display())))?,
             None => String::from_utf8_lossy(&kv.ca_pem).into_owned(),
         };
-        Ca::from_pem(&c, &k).map_err(|e| {
-            StepEnd::Error(format!(
-                "cannot sign with the cluster CA key {}: {e}",
-                key.display()
-            ))
-        })
+        Ca::from_pem(&c, &k)
+            .map_err(|e| StepEnd::Error(format!("cannot sign with the cluster CA key {}: {e}", key.display())))
     };
     if let Some((crt, key)) = ca_key_files(&ctx.target) {
         st.log(format!("cluster CA key: {}", key.display()));
@@ -162,10 +139,7 @@ pub async fn load_ca(ctx: &RunContext, kv: &KubeView, st: &mut CaseState) -> Res
                 continue;
             }
         };
-        (ctx.progress)(
-            &st.name,
-            &format!("reading the cluster CA from {node} ({})", access.describe()),
-        );
+        (ctx.progress)(&st.name, &format!("reading the cluster CA from {node} ({})", access.describe()));
         let crt = match cat(&access, &kv.client, &format!("{KUBEADM_PKI}/ca.crt")).await {
             Ok(c) => c,
             Err(e) => {
@@ -174,29 +148,17 @@ pub async fn load_ca(ctx: &RunContext, kv: &KubeView, st: &mut CaseState) -> Res
             }
         };
         // the key: straight into memory; an error message never carries stdout
-        let key = match access
-            .exec_with(
-                Some(&kv.client),
-                &["cat", &format!("{KUBEADM_PKI}/ca.key")],
-                NODE_DEADLINE,
-            )
-            .await
-        {
-            Ok(o) => o.stdout,
-            Err(e) => {
-                why.push(crate::exit::chain(&e));
-                continue;
-            }
-        };
-        st.log(format!(
-            "cluster CA key: {KUBEADM_PKI}/ca.key on {node} ({}), held in memory",
-            access.describe()
-        ));
-        return Ca::from_pem(&crt, &key).map_err(|e| {
-            StepEnd::Error(format!(
-                "cannot sign with {KUBEADM_PKI}/ca.key of {node}: {e}"
-            ))
-        });
+        let key =
+            match access.exec_with(Some(&kv.client), &["cat", &format!("{KUBEADM_PKI}/ca.key")], NODE_DEADLINE).await {
+                Ok(o) => o.stdout,
+                Err(e) => {
+                    why.push(crate::exit::chain(&e));
+                    continue;
+                }
+            };
+        st.log(format!("cluster CA key: {KUBEADM_PKI}/ca.key on {node} ({}), held in memory", access.describe()));
+        return Ca::from_pem(&crt, &key)
+            .map_err(|e| StepEnd::Error(format!("cannot sign with {KUBEADM_PKI}/ca.key of {node}: {e}")));
     }
     Err(StepEnd::Skip(format!(
         "needs the cluster CA's key to sign test client certificates: give --kube-ca-key FILE, or node access to a control-plane node ({})",
@@ -219,16 +181,9 @@ pub fn api_addresses(d: &Discovery) -> Vec<(String, String)> {
             (label, url)
         })
         .collect();
-    if d.load_balancer.node.is_none()
-        && !out
-            .iter()
-            .any(|(_, u)| *u == d.load_balancer.url.trim_end_matches('/'))
-    {
+    if d.load_balancer.node.is_none() && !out.iter().any(|(_, u)| *u == d.load_balancer.url.trim_end_matches('/')) {
         out.push((
-            format!(
-                "load balancer {}",
-                d.load_balancer.url.trim_end_matches('/')
-            ),
+            format!("load balancer {}", d.load_balancer.url.trim_end_matches('/')),
             d.load_balancer.url.trim_end_matches('/').to_string(),
         ));
     }
@@ -237,41 +192,25 @@ pub fn api_addresses(d: &Discovery) -> Vec<(String, String)> {
 
 /// Runs one of the Kubernetes certs checks; untested addresses make it an error unless the
 /// verdict already failed.
-pub async fn check(
-    ctx: &RunContext,
-    spec: &CheckSpec,
-    st: &mut CaseState,
-) -> Result<CheckOutcome, StepEnd> {
+pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     let (outcome, untested) = match spec {
         CheckSpec::ApiserverRefusesClientCert { kind } => refuses(ctx, *kind, st).await?,
         CheckSpec::ApiserverAcceptsControlCert => control(ctx, st).await?,
         CheckSpec::KubeServingCertsValidFor { min_days } => serving(ctx, *min_days, st).await?,
-        CheckSpec::KubeadmCertsValidFor { min_days } => {
-            kubeadm_expiration(ctx, *min_days, st).await?
-        }
-        CheckSpec::ApiserverServesExpiredCert { within } => {
-            return serves_expired(ctx, *within, st).await
-        }
-        CheckSpec::ApiserverServesValidCert { within } => {
-            return serves_valid(ctx, *within, st).await
-        }
+        CheckSpec::KubeadmCertsValidFor { min_days } => kubeadm_expiration(ctx, *min_days, st).await?,
+        CheckSpec::ApiserverServesExpiredCert { within } => return serves_expired(ctx, *within, st).await,
+        CheckSpec::ApiserverServesValidCert { within } => return serves_valid(ctx, *within, st).await,
         CheckSpec::LbRoutesAroundExpiredCert { within, window } => {
             return lb_routes_around(ctx, *within, *window, st).await
         }
-        other => {
-            return Err(StepEnd::Error(format!(
-                "not a Kubernetes certs check: {other:?}"
-            )))
-        }
+        other => return Err(StepEnd::Error(format!("not a Kubernetes certs check: {other:?}"))),
     };
     if outcome.passed && !untested.is_empty() {
         return Err(StepEnd::Error(untested.join("; ")));
     }
     let mut outcome = outcome;
     if !untested.is_empty() {
-        outcome
-            .evidence
-            .push_str(&format!("not tested: {}\n", untested.join("; ")));
+        outcome.evidence.push_str(&format!("not tested: {}\n", untested.join("; ")));
     }
     Ok(outcome)
 }
@@ -281,36 +220,21 @@ async fn present(
     ca_pem: &[u8],
     id: Option<(&str, &str)>,
 ) -> Result<Vec<(String, tls::HttpAnswer)>, StepEnd> {
-    let identity = || {
-        id.map(|(c, k)| Identity {
-            cert_pem: c.as_bytes(),
-            key_pem: k.as_bytes(),
-        })
-    };
-    let answers = futures::future::join_all(addrs.iter().map(|(_, url)| {
-        tls::https_get(
-            url,
-            ca_pem,
-            identity(),
-            TLS_DEADLINE,
-            kube_certs::PROBE_PATH,
-        )
-    }))
+    let identity = || id.map(|(c, k)| Identity { cert_pem: c.as_bytes(), key_pem: k.as_bytes() });
+    let answers = futures::future::join_all(
+        addrs.iter().map(|(_, url)| tls::https_get(url, ca_pem, identity(), TLS_DEADLINE, kube_certs::PROBE_PATH)),
+    )
     .await;
     addrs
         .iter()
         .zip(answers)
-        .map(|((label, _), a)| {
-            a.map(|a| (label.clone(), a))
-                .map_err(|e| StepEnd::Error(format!("{label}: {e}")))
-        })
+        .map(|((label, _), a)| a.map(|a| (label.clone(), a)).map_err(|e| StepEnd::Error(format!("{label}: {e}"))))
         .collect()
 }
 
 fn record(st: &mut CaseState, tried: &[(String, tls::HttpAnswer)]) {
     for (l, a) in tried {
-        st.timeline
-            .record("tls", format!("{l}: {}; HTTP {:?}", a.handshake, a.status));
+        st.timeline.record("tls", format!("{l}: {}; HTTP {:?}", a.handshake, a.status));
         st.log(format!("{l}: {}; HTTP {:?}", a.handshake, a.status));
     }
 }
@@ -328,13 +252,7 @@ async fn refuses(
         ));
     }
     if kind == ClientCertKind::Missing {
-        (ctx.progress)(
-            &st.name,
-            &format!(
-                "requests without a client certificate to {} address(es)",
-                addrs.len()
-            ),
-        );
+        (ctx.progress)(&st.name, &format!("requests without a client certificate to {} address(es)", addrs.len()));
         let tried = present(&addrs, &kv.ca_pem, None).await?;
         record(st, &tried);
         return Ok(kube_certs::refuses_client_cert(kind, None, &tried));
@@ -343,34 +261,19 @@ async fn refuses(
     let now = Utc::now();
     let minted = match kind {
         ClientCertKind::Expired => ca.issue(&LeafSpec::client(PROBE_CN, Window::Expired, now)),
-        ClientCertKind::NotYetValid => {
-            ca.issue(&LeafSpec::client(PROBE_CN, Window::NotYetValid, now))
-        }
-        _ => ca
-            .impostor()
-            .and_then(|i| i.issue(&LeafSpec::client(PROBE_CN, Window::Valid, now))),
+        ClientCertKind::NotYetValid => ca.issue(&LeafSpec::client(PROBE_CN, Window::NotYetValid, now)),
+        _ => ca.impostor().and_then(|i| i.issue(&LeafSpec::client(PROBE_CN, Window::Valid, now))),
     }
     .map_err(|e| StepEnd::Error(format!("cannot mint the test certificate: {e}")))?;
     let w = windows::window_pem(&minted.cert_pem).map_err(|e| StepEnd::Error(e.to_string()))?;
     st.log(format!("minted: {}", windows::describe_window(&w)));
-    (ctx.progress)(
-        &st.name,
-        &format!("presenting the certificate to {} address(es)", addrs.len()),
-    );
-    let tried = present(
-        &addrs,
-        &kv.ca_pem,
-        Some((&minted.cert_pem, &minted.key_pem)),
-    )
-    .await?;
+    (ctx.progress)(&st.name, &format!("presenting the certificate to {} address(es)", addrs.len()));
+    let tried = present(&addrs, &kv.ca_pem, Some((&minted.cert_pem, &minted.key_pem))).await?;
     record(st, &tried);
     Ok(kube_certs::refuses_client_cert(kind, Some(&w), &tried))
 }
 
-async fn control(
-    ctx: &RunContext,
-    st: &mut CaseState,
-) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
+async fn control(ctx: &RunContext, st: &mut CaseState) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
     let kv = kube_view(ctx, st).await?;
     let addrs = api_addresses(&kv.discovery);
     let ca = load_ca(ctx, &kv, st).await?;
@@ -378,16 +281,8 @@ async fn control(
         .issue(&LeafSpec::client(PROBE_CN, Window::Valid, Utc::now()))
         .map_err(|e| StepEnd::Error(format!("cannot mint the control certificate: {e}")))?;
     let w = windows::window_pem(&minted.cert_pem).map_err(|e| StepEnd::Error(e.to_string()))?;
-    st.log(format!(
-        "minted the control certificate: {}",
-        windows::describe_window(&w)
-    ));
-    let tried = present(
-        &addrs,
-        &kv.ca_pem,
-        Some((&minted.cert_pem, &minted.key_pem)),
-    )
-    .await?;
+    st.log(format!("minted the control certificate: {}", windows::describe_window(&w)));
+    let tried = present(&addrs, &kv.ca_pem, Some((&minted.cert_pem, &minted.key_pem))).await?;
     record(st, &tried);
     Ok(kube_certs::accepts_control_cert(PROBE_CN, &w, &tried))
 }
@@ -404,11 +299,7 @@ fn with_port(url: &str, port: u16) -> Option<String> {
 /// Every serving endpoint the expiry check reads, labelled: apiservers, load balancer,
 /// control-plane kubelets, etcd client and peer ports (from the target's etcd, else the etcd
 /// static pods' flags).
-pub fn serving_endpoints(
-    d: &Discovery,
-    etcd_clients: &[String],
-    etcd_peers: &[String],
-) -> Vec<(String, String)> {
+pub fn serving_endpoints(d: &Discovery, etcd_clients: &[String], etcd_peers: &[String]) -> Vec<(String, String)> {
     let mut out = api_addresses(d);
     for n in &d.nodes {
         if let Some(ip) = n.internal_ip() {
@@ -417,16 +308,9 @@ pub fn serving_endpoints(
             }
         }
     }
-    let clients: Vec<String> = if etcd_clients.is_empty() {
-        d.etcd.endpoints.clone()
-    } else {
-        etcd_clients.to_vec()
-    };
+    let clients: Vec<String> = if etcd_clients.is_empty() { d.etcd.endpoints.clone() } else { etcd_clients.to_vec() };
     for c in clients.iter().filter(|c| c.starts_with("https://")) {
-        out.push((
-            format!("etcd client {c}"),
-            c.trim_end_matches('/').to_string(),
-        ));
+        out.push((format!("etcd client {c}"), c.trim_end_matches('/').to_string()));
     }
     let mut peers: Vec<String> = etcd_peers.to_vec();
     if peers.is_empty() {
@@ -437,10 +321,7 @@ pub fn serving_endpoints(
         }
     }
     for p in peers.iter().filter(|p| p.starts_with("https://")) {
-        out.push((
-            format!("etcd peer {p}"),
-            p.trim_end_matches('/').to_string(),
-        ));
+        out.push((format!("etcd peer {p}"), p.trim_end_matches('/').to_string()));
     }
     out
 }
@@ -451,20 +332,9 @@ pub async fn etcd_peer_urls(ctx: &RunContext) -> Result<Vec<String>, String> {
         return Ok(vec![]);
     };
     let req = async {
-        let mut c = etcd
-            .cluster_client(false)
-            .await
-            .map_err(|e| e.to_string())?;
-        let l = c
-            .member_list()
-            .await
-            .map_err(|e| crate::target::etcd::describe(&e))?;
-        Ok::<_, String>(
-            l.members()
-                .iter()
-                .flat_map(|m| m.peer_urls().to_vec())
-                .collect(),
-        )
+        let mut c = etcd.cluster_client(false).await.map_err(|e| e.to_string())?;
+        let l = c.member_list().await.map_err(|e| crate::target::etcd::describe(&e))?;
+        Ok::<_, String>(l.members().iter().flat_map(|m| m.peer_urls().to_vec()).collect())
     };
     tokio::time::timeout(etcd.connect_timeout + etcd.request_timeout, req)
         .await
@@ -476,20 +346,14 @@ async fn read_windows(
     ca_pem: Option<&[u8]>,
     st: &mut CaseState,
 ) -> Vec<(String, Result<CertWindow, String>)> {
-    let chains = futures::future::join_all(
-        endpoints
-            .iter()
-            .map(|(_, u)| tls::peer_chain(u, ca_pem, TLS_DEADLINE)),
-    )
-    .await;
+    let chains =
+        futures::future::join_all(endpoints.iter().map(|(_, u)| tls::peer_chain(u, ca_pem, TLS_DEADLINE))).await;
     let mut read = Vec::new();
     for ((label, _), c) in endpoints.iter().zip(chains) {
         let r = match c {
             Ok(chain) => {
                 if let Some(Err(p)) = &chain.verified {
-                    st.log(format!(
-                        "{label}: its certificate does not verify against the cluster CA: {p}"
-                    ));
+                    st.log(format!("{label}: its certificate does not verify against the cluster CA: {p}"));
                 }
                 windows::window(&chain.certs[0]).map_err(|e| e.to_string())
             }
@@ -500,40 +364,20 @@ async fn read_windows(
     read
 }
 
-async fn serving(
-    ctx: &RunContext,
-    min_days: i64,
-    st: &mut CaseState,
-) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
+async fn serving(ctx: &RunContext, min_days: i64, st: &mut CaseState) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
     let kv = kube_view(ctx, st).await?;
-    let clients = ctx
-        .target
-        .etcd
-        .as_ref()
-        .map(|e| e.endpoints.clone())
-        .unwrap_or_default();
+    let clients = ctx.target.etcd.as_ref().map(|e| e.endpoints.clone()).unwrap_or_default();
     let peers = match etcd_peer_urls(ctx).await {
         Ok(p) => p,
         Err(e) => {
-            st.log(format!(
-                "etcd peer URLs not read ({e}); using the etcd static pods' flags"
-            ));
+            st.log(format!("etcd peer URLs not read ({e}); using the etcd static pods' flags"));
             vec![]
         }
     };
     let eps = serving_endpoints(&kv.discovery, &clients, &peers);
-    (ctx.progress)(
-        &st.name,
-        &format!("reading {} serving certificate(s)", eps.len()),
-    );
+    (ctx.progress)(&st.name, &format!("reading {} serving certificate(s)", eps.len()));
     let read = read_windows(&eps, Some(&kv.ca_pem), st).await;
-    Ok(windows::serving_windows(
-        "kube_serving_certs_valid_for",
-        "serving_cert_days_left",
-        &read,
-        Utc::now(),
-        min_days,
-    ))
+    Ok(windows::serving_windows("kube_serving_certs_valid_for", "serving_cert_days_left", &read, Utc::now(), min_days))
 }
 
 /// The etcd peer-port part of `etcd_serving_cert_valid_for { peers: true }`.
@@ -548,10 +392,7 @@ pub async fn etcd_peer_windows(
     let mut eps = Vec::new();
     for p in &peers {
         if p.starts_with("https://") {
-            eps.push((
-                format!("etcd peer {p}"),
-                p.trim_end_matches('/').to_string(),
-            ));
+            eps.push((format!("etcd peer {p}"), p.trim_end_matches('/').to_string()));
         } else {
             st.log(format!("etcd peer {p}: plain http, no certificate to read"));
         }
@@ -584,16 +425,9 @@ async fn kubeadm_expiration(
                 continue;
             }
         };
-        (ctx.progress)(
-            &st.name,
-            &format!("kubeadm certs check-expiration on {node}"),
-        );
+        (ctx.progress)(&st.name, &format!("kubeadm certs check-expiration on {node}"));
         let r = access
-            .exec_with(
-                Some(&kv.client),
-                &["kubeadm", "certs", "check-expiration"],
-                NODE_DEADLINE,
-            )
+            .exec_with(Some(&kv.client), &["kubeadm", "certs", "check-expiration"], NODE_DEADLINE)
             .await
             .map_err(|e| crate::exit::chain(&e))
             .and_then(|o| kubeadm::parse_check_expiration(&o.stdout).map_err(|e| e.to_string()));
@@ -622,11 +456,7 @@ async fn kubeadm_expiration(
 /// Resolves `apiserver_cert_expired { pick }` into a fault: picks the apiserver, reads its
 /// serving certificate through node access, re-signs it expired with the cluster CA.
 /// The chosen apiserver's URL is left in `st.faulted_members` for the checks that follow.
-pub async fn inject_expired_cert(
-    ctx: &RunContext,
-    pick: InstancePick,
-    st: &mut CaseState,
-) -> Result<(), StepEnd> {
+pub async fn inject_expired_cert(ctx: &RunContext, pick: InstancePick, st: &mut CaseState) -> Result<(), StepEnd> {
     let kv = kube_view(ctx, st).await?;
     // the rig runs no kubelet, so no Node maps an apiserver address to its host: its own
     // state does (each apiserver a host with its own address and hostname)
@@ -662,23 +492,12 @@ pub async fn inject_expired_cert(
             candidates.into_iter().next()
         }
         InstancePick::LeaderOf(c) => {
-            let lease = c
-                .lease()
-                .ok_or_else(|| StepEnd::Error(format!("{c:?} elects no leader")))?;
-            let holder = kv
-                .discovery
-                .leases
-                .iter()
-                .find(|l| l.name == lease)
-                .and_then(|l| l.holder_node.clone());
-            candidates
-                .into_iter()
-                .find(|a| a.node.is_some() && a.node == holder)
+            let lease = c.lease().ok_or_else(|| StepEnd::Error(format!("{c:?} elects no leader")))?;
+            let holder = kv.discovery.leases.iter().find(|l| l.name == lease).and_then(|l| l.holder_node.clone());
+            candidates.into_iter().find(|a| a.node.is_some() && a.node == holder)
         }
         InstancePick::Leader | InstancePick::NotLeader => {
-            return Err(StepEnd::Error(
-                "apiservers elect no leader: pick `any` or `leader_of: <component>`".into(),
-            ))
+            return Err(StepEnd::Error("apiservers elect no leader: pick `any` or `leader_of: <component>`".into()))
         }
     };
     let Some(api) = chosen else {
@@ -703,11 +522,7 @@ pub async fn inject_expired_cert(
                 .map(|(_, a)| a)
                 .unwrap_or_else(|| Err(format!("{node} is not a discovered control-plane node")))
                 .map_err(|e| StepEnd::Skip(format!("needs node access to {node}: {e}")))?;
-            (
-                access,
-                PathBuf::from(KUBEADM_PKI),
-                PathBuf::from(format!("/var/lib/hadrill/cert-backup-{token}")),
-            )
+            (access, PathBuf::from(KUBEADM_PKI), PathBuf::from(format!("/var/lib/hadrill/cert-backup-{token}")))
         }
     };
     if matches!(access, NodeAccess::Pod { .. }) {
@@ -717,23 +532,13 @@ pub async fn inject_expired_cert(
         )));
     }
     let ca = load_ca(ctx, &kv, st).await?;
-    let original = cat(
-        &access,
-        &kv.client,
-        &pki_dir.join("apiserver.crt").display().to_string(),
-    )
-    .await
-    .map_err(|e| {
-        StepEnd::Error(format!(
-            "cannot read the apiserver certificate on {node}: {e}"
-        ))
-    })?;
+    let original = cat(&access, &kv.client, &pki_dir.join("apiserver.crt").display().to_string())
+        .await
+        .map_err(|e| StepEnd::Error(format!("cannot read the apiserver certificate on {node}: {e}")))?;
     let (nb, na) = Window::Expired.bounds(Utc::now());
-    let expired = ca.reissue(&original, nb, na).map_err(|e| {
-        StepEnd::Error(format!(
-            "cannot re-sign the apiserver certificate of {node}: {e}"
-        ))
-    })?;
+    let expired = ca
+        .reissue(&original, nb, na)
+        .map_err(|e| StepEnd::Error(format!("cannot re-sign the apiserver certificate of {node}: {e}")))?;
     let f = Fault::ApiserverCertSwap {
         node: node.clone(),
         access,
@@ -743,14 +548,10 @@ pub async fn inject_expired_cert(
         not_after: expired.not_after.timestamp(),
     };
     (ctx.progress)(&st.name, &format!("injecting: {}", f.describe()));
-    st.timeline
-        .record("fault", format!("injecting: {}", f.describe()));
-    let g = fault::inject(&ctx.ledger, f)
-        .await
-        .map_err(|e| StepEnd::Error(crate::exit::chain(&e)))?;
+    st.timeline.record("fault", format!("injecting: {}", f.describe()));
+    let g = fault::inject(&ctx.ledger, f).await.map_err(|e| StepEnd::Error(crate::exit::chain(&e)))?;
     st.last_fault_at = Some(Instant::now());
-    st.timeline
-        .record("fault", format!("injected: {}", g.description()));
+    st.timeline.record("fault", format!("injected: {}", g.description()));
     st.log(format!("injected: {}", g.description()));
     st.guards.push(g);
     // what the lab's checks need, kept so that they need no discovery through a load balancer
@@ -758,10 +559,7 @@ pub async fn inject_expired_cert(
     st.faulted_members = vec![
         api.url(),
         match &kv.discovery.load_balancer.node {
-            None => format!(
-                "lb={}",
-                kv.discovery.load_balancer.url.trim_end_matches('/')
-            ),
+            None => format!("lb={}", kv.discovery.load_balancer.url.trim_end_matches('/')),
             Some(n) => format!("lb-node={n} {}", kv.discovery.load_balancer.url),
         },
     ];
@@ -770,25 +568,17 @@ pub async fn inject_expired_cert(
 
 /// Whether a direct handshake outcome says the server's certificate has expired.
 pub fn is_expired(o: &HandshakeOutcome) -> bool {
-    matches!(
-        o,
-        HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { .. })
-    )
+    matches!(o, HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { .. }))
 }
 
 /// The cluster CA from the kubeconfig alone (no request).
 fn kubeconfig_ca(ctx: &RunContext) -> Result<Vec<u8>, StepEnd> {
     let Some(k) = &ctx.target.kube else {
-        return Err(StepEnd::Skip(
-            "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into(),
-        ));
+        return Err(StepEnd::Skip("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()));
     };
     match &k.config.root_cert {
         Some(ders) if !ders.is_empty() => Ok(tls::der_to_pem(ders).into_bytes()),
-        _ => Err(StepEnd::Skip(format!(
-            "kubeconfig {} names no certificate-authority",
-            k.kubeconfig.display()
-        ))),
+        _ => Err(StepEnd::Skip(format!("kubeconfig {} names no certificate-authority", k.kubeconfig.display()))),
     }
 }
 
@@ -805,9 +595,7 @@ fn faulted_lb(st: &CaseState) -> Result<Result<String, String>, StepEnd> {
             )));
         }
     }
-    Err(StepEnd::Error(
-        "no apiserver_cert_expired fault was injected before this check".into(),
-    ))
+    Err(StepEnd::Error("no apiserver_cert_expired fault was injected before this check".into()))
 }
 
 fn faulted_apiserver(st: &CaseState) -> Result<String, StepEnd> {
@@ -815,25 +603,16 @@ fn faulted_apiserver(st: &CaseState) -> Result<String, StepEnd> {
         .iter()
         .find(|m| m.starts_with("https://"))
         .cloned()
-        .ok_or_else(|| {
-            StepEnd::Error("no apiserver_cert_expired fault was injected before this check".into())
-        })
+        .ok_or_else(|| StepEnd::Error("no apiserver_cert_expired fault was injected before this check".into()))
 }
 
-async fn serves_expired(
-    ctx: &RunContext,
-    within: Duration,
-    st: &mut CaseState,
-) -> Result<CheckOutcome, StepEnd> {
+async fn serves_expired(ctx: &RunContext, within: Duration, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     const N: &str = "apiserver_serves_expired_cert";
     let url = faulted_apiserver(st)?;
     let ca_pem = kubeconfig_ca(ctx)?;
     (ctx.progress)(
         &st.name,
-        &format!(
-            "waiting up to {} for {url} to serve the expired certificate",
-            humantime::format_duration(within)
-        ),
+        &format!("waiting up to {} for {url} to serve the expired certificate", humantime::format_duration(within)),
     );
     let t0 = Instant::now();
     let last = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -871,20 +650,13 @@ async fn serves_expired(
     })
 }
 
-async fn serves_valid(
-    ctx: &RunContext,
-    within: Duration,
-    st: &mut CaseState,
-) -> Result<CheckOutcome, StepEnd> {
+async fn serves_valid(ctx: &RunContext, within: Duration, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     const N: &str = "apiserver_serves_valid_cert";
     let url = faulted_apiserver(st)?;
     let ca_pem = kubeconfig_ca(ctx)?;
     (ctx.progress)(
         &st.name,
-        &format!(
-            "waiting up to {} for {url} to serve its restored certificate",
-            humantime::format_duration(within)
-        ),
+        &format!("waiting up to {} for {url} to serve its restored certificate", humantime::format_duration(within)),
     );
     let t0 = Instant::now();
     let ca = ca_pem.clone();
@@ -929,25 +701,12 @@ async fn lb_routes_around(
     let lb = faulted_lb(st)?.map_err(StepEnd::Skip)?;
     let ca_pem = kubeconfig_ca(ctx)?;
     let total = within + window;
-    (ctx.progress)(
-        &st.name,
-        &format!(
-            "requests through {lb} for {}",
-            humantime::format_duration(total)
-        ),
-    );
+    (ctx.progress)(&st.name, &format!("requests through {lb} for {}", humantime::format_duration(total)));
     let samples = crate::probe::lb::sample(&lb, &ca_pem, total, |f| {
-        st.timeline
-            .record("probe:lb", format!("{:.2}s FAILED {}", f.at, f.what))
+        st.timeline.record("probe:lb", format!("{:.2}s FAILED {}", f.at, f.what))
     })
     .await;
-    Ok(kube_certs::lb_verdict(
-        &lb,
-        &backend,
-        &samples,
-        within.as_secs_f64(),
-        window.as_secs_f64(),
-    ))
+    Ok(kube_certs::lb_verdict(&lb, &backend, &samples, within.as_secs_f64(), window.as_secs_f64()))
 }
 
 #[cfg(test)]
@@ -959,45 +718,19 @@ mod tests {
     fn addresses_and_serving_endpoints_of_a_stacked_kubeadm_cluster() {
         let d = fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.10:6443");
         let addrs = api_addresses(&d);
-        assert!(
-            addrs
-                .iter()
-                .any(|(l, _)| l.starts_with("load balancer https://10.0.0.10:6443")),
-            "{addrs:?}"
-        );
-        assert!(
-            addrs
-                .iter()
-                .filter(|(l, _)| l.starts_with("apiserver "))
-                .count()
-                == 3,
-            "{addrs:?}"
-        );
+        assert!(addrs.iter().any(|(l, _)| l.starts_with("load balancer https://10.0.0.10:6443")), "{addrs:?}");
+        assert!(addrs.iter().filter(|(l, _)| l.starts_with("apiserver ")).count() == 3, "{addrs:?}");
         let eps = serving_endpoints(&d, &[], &[]);
         let labels: Vec<&str> = eps.iter().map(|(l, _)| l.as_str()).collect();
         assert!(
-            labels
-                .iter()
-                .filter(|l| l.starts_with("kubelet https://") && l.contains(":10250"))
-                .count()
-                == 3,
+            labels.iter().filter(|l| l.starts_with("kubelet https://") && l.contains(":10250")).count() == 3,
             "{labels:?}"
         );
-        assert!(
-            labels.iter().any(|l| l.starts_with("etcd client https://")),
-            "{labels:?}"
-        );
-        assert!(
-            labels
-                .iter()
-                .any(|l| l.starts_with("etcd peer https://") && l.contains(":2380")),
-            "{labels:?}"
-        );
+        assert!(labels.iter().any(|l| l.starts_with("etcd client https://")), "{labels:?}");
+        assert!(labels.iter().any(|l| l.starts_with("etcd peer https://") && l.contains(":2380")), "{labels:?}");
         // a kubeconfig that points at one node: no load balancer entry
         let d = fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.12:6443");
-        assert!(!api_addresses(&d)
-            .iter()
-            .any(|(l, _)| l.starts_with("load balancer")));
+        assert!(!api_addresses(&d).iter().any(|(l, _)| l.starts_with("load balancer")));
     }
 
     #[test]
@@ -1005,10 +738,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = Target::default();
         let e = ca_key_available(&t).unwrap_err();
-        assert!(
-            e.contains("--kube-ca-key") && e.contains("node access"),
-            "{e}"
-        );
+        assert!(e.contains("--kube-ca-key") && e.contains("node access"), "{e}");
         // a Kubernetes target: the step reads it through node access (or skips saying why)
         assert!(needs_kubeadm(&t).is_ok());
         // the rig's kube PKI, kubeadm layout
@@ -1025,32 +755,20 @@ mod tests {
         };
         t.rig = Some(rig);
         assert!(ca_key_available(&t).is_err(), "no pki/kube/ca.key yet");
-        assert!(
-            matches!(needs_kubeadm(&t), Err(StepEnd::Skip(m)) if m == "needs kubeadm: the rig runs none")
-        );
+        assert!(matches!(needs_kubeadm(&t), Err(StepEnd::Skip(m)) if m == "needs kubeadm: the rig runs none"));
         let pki = crate::controlplane::rig_kube_pki_dir(dir.path());
         std::fs::create_dir_all(&pki).unwrap();
         std::fs::write(pki.join("ca.key"), "k").unwrap();
         assert!(ca_key_available(&t).is_ok());
-        assert_eq!(
-            ca_key_files(&t),
-            Some((Some(pki.join("ca.crt")), pki.join("ca.key")))
-        );
+        assert_eq!(ca_key_files(&t), Some((Some(pki.join("ca.crt")), pki.join("ca.key"))));
         // --kube-ca-key wins; its ca.crt beside it is used when present
         t.kube_ca_key = Some(dir.path().join("given/ca.key"));
-        assert_eq!(
-            ca_key_files(&t),
-            Some((None, dir.path().join("given/ca.key")))
-        );
+        assert_eq!(ca_key_files(&t), Some((None, dir.path().join("given/ca.key"))));
     }
 
     #[test]
     fn expired_outcome_is_recognised() {
-        assert!(is_expired(&HandshakeOutcome::RefusedServerCert(
-            ServerCertProblem::Expired { not_after: Some(0) }
-        )));
-        assert!(!is_expired(&HandshakeOutcome::RefusedServerCert(
-            ServerCertProblem::UnknownIssuer
-        )));
+        assert!(is_expired(&HandshakeOutcome::RefusedServerCert(ServerCertProblem::Expired { not_after: Some(0) })));
+        assert!(!is_expired(&HandshakeOutcome::RefusedServerCert(ServerCertProblem::UnknownIssuer)));
     }
 }

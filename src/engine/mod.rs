@@ -3,13 +3,13 @@
 //! panic), and turns all of it into a [`Verdict`] with the timeline and measured figures.
 
 mod certs;
-pub mod dr;
 pub mod controlplane;
+pub mod dr;
 pub mod failover;
-mod quorum;
-pub mod selftest;
 mod kube;
 mod kubecerts;
+mod quorum;
+pub mod selftest;
 mod skew;
 mod steps;
 
@@ -121,15 +121,21 @@ pub async fn run_case(ctx: &RunContext, suite: &Suite, case: &Case) -> CaseRecor
             timeline = Arc::new(Timeline::new());
             st.timeline = timeline.clone();
             if waited >= Duration::from_millis(100) {
-                st.timeline.record("lock", format!("waited {:.1}s for other cases before starting", waited.as_secs_f64()));
+                st.timeline
+                    .record("lock", format!("waited {:.1}s for other cases before starting", waited.as_secs_f64()));
             }
             let body = AssertUnwindSafe(run_steps(ctx, case, &mut st)).catch_unwind().await;
             let mut verdict = match body {
                 Ok(Ok(())) => Verdict::Passed,
-                Ok(Err(StepEnd::Failed(c))) => Verdict::Failed { message: c.message.clone(), evidence: c.evidence.clone() },
+                Ok(Err(StepEnd::Failed(c))) => {
+                    Verdict::Failed { message: c.message.clone(), evidence: c.evidence.clone() }
+                }
                 Ok(Err(StepEnd::Error(m))) => Verdict::Error { message: m, evidence: String::new() },
                 Ok(Err(StepEnd::Skip(reason))) => Verdict::Skipped { reason },
-                Err(panic) => Verdict::Error { message: format!("case panicked: {}", panic_text(&panic)), evidence: String::new() },
+                Err(panic) => Verdict::Error {
+                    message: format!("case panicked: {}", panic_text(&panic)),
+                    evidence: String::new(),
+                },
             };
             // whatever happened: stop probes, unwind faults newest first, report every error
             st.probes.stop_all().await;
@@ -210,7 +216,10 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
         match r {
             Requirement::Etcd => {
                 if t.etcd.is_none() {
-                    return Err("needs etcd: give --etcd-endpoints (with --etcd-cacert, --etcd-cert, --etcd-key) or use --rig".into());
+                    return Err(
+                        "needs etcd: give --etcd-endpoints (with --etcd-cacert, --etcd-cert, --etcd-key) or use --rig"
+                            .into(),
+                    );
                 }
             }
             Requirement::EtcdMembers { min } | Requirement::EtcdMembersExactly(min) => {
@@ -232,8 +241,13 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
             }
             Requirement::MemberNetworkIsolation => match &t.rig {
                 Some(rig) if rig.members.iter().all(|m| m.netns.is_some()) => {}
-                Some(_) => return Err("needs members in network namespaces of their own: start the rig as root with --isolation netns".into()),
-                None => return Err("needs node access that can drop packets between etcd members (the local rig)".into()),
+                Some(_) => return Err(
+                    "needs members in network namespaces of their own: start the rig as root with --isolation netns"
+                        .into(),
+                ),
+                None => {
+                    return Err("needs node access that can drop packets between etcd members (the local rig)".into())
+                }
             },
             Requirement::Kubernetes => {
                 if t.kube.is_none() {
@@ -415,7 +429,11 @@ mod tests {
         let r = run_case(&c, &suite, &k).await;
         let released_at = release.await.unwrap();
         assert!(matches!(r.verdict, Verdict::Passed), "{:?}", r.verdict);
-        assert!(r.started >= released_at, "the case started at {} before the lock was free at {released_at}", r.started);
+        assert!(
+            r.started >= released_at,
+            "the case started at {} before the lock was free at {released_at}",
+            r.started
+        );
         assert!(r.timeline.iter().any(|e| e.message.starts_with("waited 0.")), "{:?}", r.timeline);
     }
 

@@ -82,7 +82,9 @@ async fn members(ctx: &RunContext) -> Result<Vec<Member>, StepEnd> {
     let Some(etcd) = &ctx.target.etcd else {
         return Err(StepEnd::Skip("needs etcd: give --etcd-endpoints or use --rig".into()));
     };
-    let v = crate::probe::etcd::cluster_view(etcd).await.map_err(|e| err(format!("cannot read the etcd member list: {e}")))?;
+    let v = crate::probe::etcd::cluster_view(etcd)
+        .await
+        .map_err(|e| err(format!("cannot read the etcd member list: {e}")))?;
     Ok(v.members
         .iter()
         .filter_map(|m| {
@@ -112,9 +114,10 @@ async fn state<'a>(ctx: &RunContext, st: &'a mut CaseState) -> Result<&'a mut Qu
 
 pub fn election_timeout(ctx: &RunContext) -> (Duration, String) {
     match &ctx.target.rig {
-        Some(r) if r.election_timeout_ms > 0 => {
-            (Duration::from_millis(r.election_timeout_ms), format!("the rig's election timeout {}ms", r.election_timeout_ms))
-        }
+        Some(r) if r.election_timeout_ms > 0 => (
+            Duration::from_millis(r.election_timeout_ms),
+            format!("the rig's election timeout {}ms", r.election_timeout_ms),
+        ),
         _ => (DEFAULT_ELECTION_TIMEOUT, "etcd's default election timeout 1000ms".into()),
     }
 }
@@ -144,7 +147,12 @@ pub async fn probe(ctx: &RunContext, spec: &ProbeSpec, st: &mut CaseState) -> Re
             qs.status = Some(h.clone());
             ("etcd-status", tokio::spawn(pq::run_status(*interval, qs.readers.clone(), h, timeline, stop_rx)))
         }
-        other => return Err(err(format!("probe `{}` is not an etcd probe", serde_json::to_string(other).unwrap_or_default()))),
+        other => {
+            return Err(err(format!(
+                "probe `{}` is not an etcd probe",
+                serde_json::to_string(other).unwrap_or_default()
+            )))
+        }
     };
     st.probes.tasks.push((name.to_string(), task, stop_tx));
     Ok(())
@@ -159,7 +167,9 @@ fn writes(st: &CaseState) -> Result<Arc<WriteHistory>, StepEnd> {
 }
 
 /// The leader a majority of all members names now, with its term, from fresh status answers.
-async fn current_leader(readers: &MemberClients) -> (Option<(u64, u64)>, BTreeMap<String, Result<crate::probe::etcd::MemberStatus, String>>) {
+async fn current_leader(
+    readers: &MemberClients,
+) -> (Option<(u64, u64)>, BTreeMap<String, Result<crate::probe::etcd::MemberStatus, String>>) {
     let answers = futures::future::join_all(readers.members.iter().map(|m| pq::status_via(readers, &m.endpoint))).await;
     let mut by = BTreeMap::new();
     let mut votes: BTreeMap<(u64, u64), usize> = BTreeMap::new();
@@ -175,7 +185,11 @@ async fn current_leader(readers: &MemberClients) -> (Option<(u64, u64)>, BTreeMa
     (votes.into_iter().find(|(_, n)| *n >= quorum).map(|(k, _)| k), by)
 }
 
-fn name_by_id(by: &BTreeMap<String, Result<crate::probe::etcd::MemberStatus, String>>, extra: &BTreeMap<String, u64>, id: u64) -> String {
+fn name_by_id(
+    by: &BTreeMap<String, Result<crate::probe::etcd::MemberStatus, String>>,
+    extra: &BTreeMap<String, u64>,
+    id: u64,
+) -> String {
     by.iter()
         .find(|(_, s)| matches!(s, Ok(s) if s.member_id == id))
         .map(|(n, _)| n.clone())
@@ -204,7 +218,12 @@ pub async fn await_(ctx: &RunContext, spec: &AwaitSpec, st: &mut CaseState) -> R
                         "await_acknowledged_writes",
                         format!("{n} of {count} writes acknowledged within {}", pq::secs(*within)),
                     )
-                    .with_evidence(q::ops_table(&ops, st.timeline.start(), Some((t0, Instant::now())), 40)),
+                    .with_evidence(q::ops_table(
+                        &ops,
+                        st.timeline.start(),
+                        Some((t0, Instant::now())),
+                        40,
+                    )),
                 ));
             }
             Ok(())
@@ -222,14 +241,20 @@ pub async fn await_(ctx: &RunContext, spec: &AwaitSpec, st: &mut CaseState) -> R
             .await;
             match got {
                 Some((leader, term)) => {
-                    st.timeline.record("check", format!("leader {leader} in term {term}, seen by a majority after {}", pq::secs(t0.elapsed())));
+                    st.timeline.record(
+                        "check",
+                        format!("leader {leader} in term {term}, seen by a majority after {}", pq::secs(t0.elapsed())),
+                    );
                     Ok(())
                 }
                 None => {
                     let (_, by) = current_leader(&readers).await;
                     Err(StepEnd::Failed(
-                        CheckOutcome::fail("await_leader", format!("no leader known to a majority of members within {}", pq::secs(*within)))
-                            .with_evidence(status_table(&by)),
+                        CheckOutcome::fail(
+                            "await_leader",
+                            format!("no leader known to a majority of members within {}", pq::secs(*within)),
+                        )
+                        .with_evidence(status_table(&by)),
                     ))
                 }
             }
@@ -247,7 +272,10 @@ pub async fn await_(ctx: &RunContext, spec: &AwaitSpec, st: &mut CaseState) -> R
 fn status_table(by: &BTreeMap<String, Result<crate::probe::etcd::MemberStatus, String>>) -> String {
     by.iter()
         .map(|(n, s)| match s {
-            Ok(s) => format!("  {n:<10} leader={:x} term={} index={} revision={}\n", s.leader, s.raft_term, s.raft_index, s.revision),
+            Ok(s) => format!(
+                "  {n:<10} leader={:x} term={} index={} revision={}\n",
+                s.leader, s.raft_term, s.raft_index, s.revision
+            ),
             Err(e) => format!("  {n:<10} no status: {e}\n"),
         })
         .collect()
@@ -288,14 +316,20 @@ async fn settle(ctx: &RunContext, st: &CaseState, h: &Arc<WriteHistory>) {
 
 async fn writes_continue(ctx: &RunContext, st: &mut CaseState, max_gap: Duration) -> Result<CheckOutcome, StepEnd> {
     let h = writes(st)?;
-    let from = st.last_fault_at.or(st.probes.quorum.as_ref().and_then(|q| q.writes_started)).unwrap_or_else(Instant::now);
+    let from =
+        st.last_fault_at.or(st.probes.quorum.as_ref().and_then(|q| q.writes_started)).unwrap_or_else(Instant::now);
     let to = Instant::now();
     // a put started in the window may still be waiting for its deadline: let it end
     settle(ctx, st, &h).await;
     Ok(q::writes_continue(&h.ops(), st.timeline.start(), from, to, max_gap))
 }
 
-async fn failover(ctx: &RunContext, st: &mut CaseState, within: Option<Duration>, factor: Option<f64>) -> Result<CheckOutcome, StepEnd> {
+async fn failover(
+    ctx: &RunContext,
+    st: &mut CaseState,
+    within: Option<Duration>,
+    factor: Option<f64>,
+) -> Result<CheckOutcome, StepEnd> {
     let h = writes(st)?;
     let f = fault_at(st)?;
     let (et, et_why) = election_timeout(ctx);
@@ -321,11 +355,17 @@ async fn failover(ctx: &RunContext, st: &mut CaseState, within: Option<Duration>
     let ids = st.probes.quorum.as_ref().and_then(|q| q.status.as_ref()).map(|s| s.ids()).unwrap_or_default();
     let old = st.leader_before_fault;
     let leader_line = match (old, now) {
-        (Some(o), Some((n, term))) if o != n => format!("leader {} → {} (term {term})", name_by_id(&by, &ids, o), name_by_id(&by, &ids, n)),
+        (Some(o), Some((n, term))) if o != n => {
+            format!("leader {} → {} (term {term})", name_by_id(&by, &ids, o), name_by_id(&by, &ids, n))
+        }
         (Some(o), Some((n, _))) => {
             if c.passed && st.faulted_members.iter().any(|m| *m == name_by_id(&by, &ids, o)) {
                 c.passed = false;
-                c.message = format!("{}; but the leader is still {}, the member the fault hit", c.message, name_by_id(&by, &ids, n));
+                c.message = format!(
+                    "{}; but the leader is still {}, the member the fault hit",
+                    c.message,
+                    name_by_id(&by, &ids, n)
+                );
             }
             format!("leader unchanged: {}", name_by_id(&by, &ids, n))
         }
@@ -340,7 +380,8 @@ async fn failover(ctx: &RunContext, st: &mut CaseState, within: Option<Duration>
     };
     c.evidence = format!("{leader_line}\n{}{}", status_table(&by), c.evidence);
     if let Some(m) = c.measurements.first() {
-        st.timeline.record("measure", format!("failover {:.3}s (bound {:.3}s): {leader_line}", m.value, bound.as_secs_f64()));
+        st.timeline
+            .record("measure", format!("failover {:.3}s (bound {:.3}s): {leader_line}", m.value, bound.as_secs_f64()));
     }
     Ok(c)
 }
@@ -375,10 +416,15 @@ async fn reads(ctx: &RunContext, st: &mut CaseState, serializable: bool) -> Resu
     let mut rs = Vec::new();
     for m in &readers.members {
         let reachable = pq::status_via(&readers, &m.endpoint).await.is_ok();
-        let answer = pq::read_via(&readers, &m.endpoint, &key, true, 1, serializable, timeout).await.map(|(rev, _)| rev);
+        let answer =
+            pq::read_via(&readers, &m.endpoint, &key, true, 1, serializable, timeout).await.map(|(rev, _)| rev);
         rs.push(q::ReadResult { member: m.name.clone(), reachable, answer });
     }
-    Ok(if serializable { q::serializable_reads_answer(&rs) } else { q::linearizable_reads_fail(&rs, readers.members.len()) })
+    Ok(if serializable {
+        q::serializable_reads_answer(&rs)
+    } else {
+        q::linearizable_reads_fail(&rs, readers.members.len())
+    })
 }
 
 async fn isolated_leader(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
@@ -391,7 +437,8 @@ async fn isolated_leader(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOu
     let base_seq = u64::MAX / 2 + qs.extra_seq * 1000;
     qs.extra_seq += 1;
     // which member is the old leader
-    let answers = futures::future::join_all(readers.members.iter().map(|m| pq::status_via(&readers, &m.endpoint))).await;
+    let answers =
+        futures::future::join_all(readers.members.iter().map(|m| pq::status_via(&readers, &m.endpoint))).await;
     let mut member = None;
     for (m, a) in readers.members.iter().zip(&answers) {
         if matches!(a, Ok(s) if s.member_id == old) {
@@ -405,7 +452,11 @@ async fn isolated_leader(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOu
             let name = ids.iter().find(|(_, i)| **i == old).map(|(n, _)| n.clone());
             match name.and_then(|n| readers.members.iter().find(|m| m.name == n).cloned()) {
                 Some(m) => m,
-                None => return Err(err(format!("the old leader {old:x} does not answer a status request: it must stay up, cut off"))),
+                None => {
+                    return Err(err(format!(
+                        "the old leader {old:x} does not answer a status request: it must stay up, cut off"
+                    )))
+                }
             }
         }
     };
@@ -443,13 +494,17 @@ async fn isolated_leader(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOu
             if let Ok(s) = pq::status_via(&readers, &member.endpoint).await {
                 if s.leader != s.member_id {
                     stepped = Some(Instant::now().saturating_duration_since(f));
-                    st.timeline.record("check", format!("isolated old leader {} stepped down (now sees leader {:x})", member.name, s.leader));
+                    st.timeline.record(
+                        "check",
+                        format!("isolated old leader {} stepped down (now sees leader {:x})", member.name, s.leader),
+                    );
                 }
             }
         }
     }
     let now = Instant::now();
-    let mut ops: Vec<WriteOp> = writes(st).map(|w| w.ops()).unwrap_or_default().into_iter().filter(|o| o.start <= now).collect();
+    let mut ops: Vec<WriteOp> =
+        writes(st).map(|w| w.ops()).unwrap_or_default().into_iter().filter(|o| o.start <= now).collect();
     ops.extend(direct.iter().cloned());
     Ok(q::isolated_leader_refuses(&ops, st.timeline.start(), &member.name, f, Duration::ZERO, stepped, bound))
 }
@@ -460,7 +515,8 @@ async fn majority_elects(ctx: &RunContext, st: &mut CaseState, within: Duration)
     let qs = state(ctx, st).await?;
     let readers = qs.readers.clone();
     let history = qs.status.clone();
-    let side: BTreeSet<String> = readers.members.iter().map(|m| m.name.clone()).filter(|n| !st.faulted_members.contains(n)).collect();
+    let side: BTreeSet<String> =
+        readers.members.iter().map(|m| m.name.clone()).filter(|n| !st.faulted_members.contains(n)).collect();
     let n = readers.members.len();
     let mut samples: Vec<q::LeaderSample> = Vec::new();
     let mut ids: BTreeMap<String, u64> = history.as_ref().map(|h| h.ids()).unwrap_or_default();
@@ -471,12 +527,18 @@ async fn majority_elects(ctx: &RunContext, st: &mut CaseState, within: Duration)
             for s in h.samples() {
                 if let Ok(x) = &s.result {
                     ids.insert(s.member.clone(), x.member_id);
-                    samples.push(q::LeaderSample { at: s.at, member: s.member.clone(), leader: x.leader, term: x.raft_term });
+                    samples.push(q::LeaderSample {
+                        at: s.at,
+                        member: s.member.clone(),
+                        leader: x.leader,
+                        term: x.raft_term,
+                    });
                 }
             }
         }
         let at = Instant::now();
-        let answers = futures::future::join_all(readers.members.iter().map(|m| pq::status_via(&readers, &m.endpoint))).await;
+        let answers =
+            futures::future::join_all(readers.members.iter().map(|m| pq::status_via(&readers, &m.endpoint))).await;
         for (m, a) in readers.members.iter().zip(answers) {
             if let Ok(x) = a {
                 ids.insert(m.name.clone(), x.member_id);
@@ -494,12 +556,19 @@ async fn majority_elects(ctx: &RunContext, st: &mut CaseState, within: Duration)
         tokio::time::sleep(POLL).await;
     };
     let ids2 = ids.clone();
-    let name_of = move |id: u64| ids2.iter().find(|(_, i)| **i == id).map(|(n, _)| n.clone()).unwrap_or_else(|| format!("{id:x}"));
+    let name_of = move |id: u64| {
+        ids2.iter().find(|(_, i)| **i == id).map(|(n, _)| n.clone()).unwrap_or_else(|| format!("{id:x}"))
+    };
     Ok(q::majority_elects(found, name_of, old, f, Instant::now(), within, &side))
 }
 
 /// A linearizable read of the whole prefix through the first member that answers.
-async fn read_all(readers: &MemberClients, prefix: &str, deadline: Duration, timeout: Duration) -> Result<(i64, BTreeMap<String, String>), String> {
+async fn read_all(
+    readers: &MemberClients,
+    prefix: &str,
+    deadline: Duration,
+    timeout: Duration,
+) -> Result<(i64, BTreeMap<String, String>), String> {
     let mut last = String::from("no member answered");
     let end = Instant::now() + deadline;
     loop {
@@ -539,7 +608,8 @@ async fn converged(ctx: &RunContext, st: &mut CaseState, within: Duration) -> Re
         .map_err(|e| err(format!("no linearizable read answered to fix the revision to compare at: {e}")))?;
     let end = t0 + within;
     loop {
-        let revs = futures::future::join_all(readers.members.iter().map(|m| pq::status_via(&readers, &m.endpoint))).await;
+        let revs =
+            futures::future::join_all(readers.members.iter().map(|m| pq::status_via(&readers, &m.endpoint))).await;
         let mut hs = Vec::new();
         for (m, r) in readers.members.iter().zip(revs) {
             let revision = r.map(|s| s.revision);
@@ -594,7 +664,8 @@ async fn writes_succeed(ctx: &RunContext, st: &mut CaseState, within: Duration) 
         }
     };
     let took = t0.elapsed();
-    let m = crate::report::Measurement::new("write_after_heal", (took.as_secs_f64() * 1000.0).round() / 1000.0, "s").with_bound(within.as_secs_f64());
+    let m = crate::report::Measurement::new("write_after_heal", (took.as_secs_f64() * 1000.0).round() / 1000.0, "s")
+        .with_bound(within.as_secs_f64());
     Ok(match got {
         Some((member, rev, start)) => {
             if let Some(h) = history {
@@ -610,18 +681,28 @@ async fn writes_succeed(ctx: &RunContext, st: &mut CaseState, within: Duration) 
                     outcome: Outcome::Acknowledged { revision: rev },
                 });
             }
-            CheckOutcome::pass("writes_succeed", format!("{key} acknowledged via {member} at revision {rev} after {}", pq::secs(took)))
-                .with_measurement(m)
-        }
-        None => CheckOutcome::fail("writes_succeed", format!("no put acknowledged within {} ({} attempts)", pq::secs(within), i))
+            CheckOutcome::pass(
+                "writes_succeed",
+                format!("{key} acknowledged via {member} at revision {rev} after {}", pq::secs(took)),
+            )
             .with_measurement(m)
-            .with_evidence(errors.join("\n")),
+        }
+        None => CheckOutcome::fail(
+            "writes_succeed",
+            format!("no put acknowledged within {} ({} attempts)", pq::secs(within), i),
+        )
+        .with_measurement(m)
+        .with_evidence(errors.join("\n")),
     })
 }
 
 /// The rig member's network identity, or why a network fault cannot reach it.
 fn net_member(rig: &RigState, name: &str) -> Result<NetMember, StepEnd> {
-    let m = rig.members.iter().find(|m| m.name == name).ok_or_else(|| err(format!("member {name} is not one of the rig's members")))?;
+    let m = rig
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| err(format!("member {name} is not one of the rig's members")))?;
     let netns = m.netns.clone().ok_or_else(|| {
         StepEnd::Skip("network faults need members in network namespaces of their own: start the rig as root with --isolation netns".into())
     })?;
@@ -661,7 +742,8 @@ pub async fn inject_net(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState, 
                 names.extend(rest);
             }
             let isolated: Vec<NetMember> = names.iter().map(|n| net_member(rig, n)).collect::<Result<_, _>>()?;
-            let other: Vec<&crate::rig::MemberState> = rig.members.iter().filter(|m| !names.contains(&m.name)).collect();
+            let other: Vec<&crate::rig::MemberState> =
+                rig.members.iter().filter(|m| !names.contains(&m.name)).collect();
             let f = Fault::Partition {
                 token: net::new_token(),
                 isolated,
@@ -677,7 +759,11 @@ pub async fn inject_net(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState, 
             let mut out = Vec::new();
             for n in &names {
                 let m = net_member(rig, n)?;
-                let peer = rig.members.iter().find(|x| x.name != *n).ok_or_else(|| err("latency needs at least two members"))?;
+                let peer = rig
+                    .members
+                    .iter()
+                    .find(|x| x.name != *n)
+                    .ok_or_else(|| err("latency needs at least two members"))?;
                 let dev = net::dev_towards(&m.netns, &peer.ip).await.map_err(err)?;
                 out.push(Fault::PeerLatency {
                     token: net::new_token(),

@@ -25,7 +25,8 @@ pub fn enabled() -> bool {
 /// The evidence of a failing selftest case: what a hostile cluster could send back (ANSI
 /// colours, a NUL, a CDATA terminator, markup characters, non-ASCII text), so every reporter
 /// is exercised on it.
-pub const FAIL_EVIDENCE: &str = "selftest evidence: \u{1b}[31mred\u{1b}[0m, NUL:\u{0}, CDATA end: ]]>, markup: <&>\"', unicode: Größe ✓ 日本語";
+pub const FAIL_EVIDENCE: &str =
+    "selftest evidence: \u{1b}[31mred\u{1b}[0m, NUL:\u{0}, CDATA end: ]]>, markup: <&>\"', unicode: Größe ✓ 日本語";
 
 /// Runs one `harness_selftest` check: the outcome its suite file names.
 pub fn check(outcome: SelftestOutcome, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
@@ -35,10 +36,14 @@ pub fn check(outcome: SelftestOutcome, st: &mut CaseState) -> Result<CheckOutcom
     match outcome {
         SelftestOutcome::Pass => Ok(CheckOutcome::pass(N, "selftest passed as asked")
             .with_measurement(Measurement::new("selftest_seconds", 0.25, "s").with_bound(1.0))),
-        SelftestOutcome::Fail => Ok(CheckOutcome::fail(N, "selftest failed as asked: expected <pass>, observed <fail>")
-            .with_evidence(FAIL_EVIDENCE)
-            .with_measurement(Measurement::new("selftest_seconds", 2.5, "s").with_bound(1.0))),
-        SelftestOutcome::Error => Err(StepEnd::Error("selftest: the harness could not run this case (as asked)".into())),
+        SelftestOutcome::Fail => {
+            Ok(CheckOutcome::fail(N, "selftest failed as asked: expected <pass>, observed <fail>")
+                .with_evidence(FAIL_EVIDENCE)
+                .with_measurement(Measurement::new("selftest_seconds", 2.5, "s").with_bound(1.0)))
+        }
+        SelftestOutcome::Error => {
+            Err(StepEnd::Error("selftest: the harness could not run this case (as asked)".into()))
+        }
         SelftestOutcome::Panic => panic!("selftest panicked as asked"),
         SelftestOutcome::Skip => Err(StepEnd::Skip("selftest: skipped as asked".into())),
     }
@@ -74,14 +79,7 @@ mod tests {
     use super::*;
 
     fn case(steps: Vec<Step>) -> Case {
-        Case {
-            name: "c".into(),
-            description: "d".into(),
-            disruptive: false,
-            ignore: None,
-            requires: vec![],
-            steps,
-        }
+        Case { name: "c".into(), description: "d".into(), disruptive: false, ignore: None, requires: vec![], steps }
     }
 
     #[test]

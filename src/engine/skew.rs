@@ -20,11 +20,7 @@ use crate::target::discovery::{Discovery, REQUEST_TIMEOUT};
 
 const NODE_DEADLINE: Duration = Duration::from_secs(120);
 
-pub async fn check(
-    ctx: &RunContext,
-    spec: &CheckSpec,
-    st: &mut CaseState,
-) -> Result<CheckOutcome, StepEnd> {
+pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     match spec {
         CheckSpec::VersionSkew => version_skew(ctx, st).await,
         CheckSpec::KubeadmRefusesSkippingAMinor => upgrade(ctx, st).await,
@@ -59,50 +55,30 @@ pub fn node_versions(nodes: &[Node], proxy_pods: &[Pod]) -> (Vec<ComponentVersio
     let mut notes = Vec::new();
     for n in nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
-        match n
-            .status
-            .as_ref()
-            .and_then(|s| s.node_info.as_ref())
-            .map(|i| i.kubelet_version.clone())
-        {
+        match n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kubelet_version.clone()) {
             Some(v) if !v.is_empty() => out.push(ComponentVersion::new("kubelet", &name, &v)),
             _ => notes.push(format!("node {name}: no kubeletVersion in its status")),
         }
     }
     let mut proxies: Vec<ComponentVersion> = Vec::new();
     for p in proxy_pods {
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_else(|| "(unscheduled)".into());
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_else(|| "(unscheduled)".into());
         let image = p
             .spec
             .as_ref()
-            .and_then(|s| {
-                s.containers
-                    .iter()
-                    .find(|c| c.name == "kube-proxy")
-                    .or(s.containers.first())
-            })
+            .and_then(|s| s.containers.iter().find(|c| c.name == "kube-proxy").or(s.containers.first()))
             .and_then(|c| c.image.clone())
             .unwrap_or_default();
         match image_version(&image) {
             Some(v) => proxies.push(ComponentVersion::new("kube-proxy", &node, &v)),
-            None => notes.push(format!(
-                "kube-proxy on {node}: image `{image}` carries no version tag"
-            )),
+            None => notes.push(format!("kube-proxy on {node}: image `{image}` carries no version tag")),
         }
     }
     if proxy_pods.is_empty() {
         notes.push("no kube-proxy pods in kube-system (label k8s-app=kube-proxy): a kube-proxy replacement, or kube-proxy outside pods; nodes' deprecated kubeProxyVersion used where set".into());
         for n in nodes {
             let name = n.metadata.name.clone().unwrap_or_default();
-            if let Some(v) = n
-                .status
-                .as_ref()
-                .and_then(|s| s.node_info.as_ref())
-                .map(|i| i.kube_proxy_version.clone())
+            if let Some(v) = n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.kube_proxy_version.clone())
             {
                 if skew::parse_minor(&v).is_some() {
                     proxies.push(ComponentVersion::new("kube-proxy", &name, &v));
@@ -123,10 +99,7 @@ pub fn static_pod_versions(d: &Discovery) -> (Vec<ComponentVersion>, Vec<String>
         for p in d.static_pods.iter().filter(|p| p.component == c) {
             match image_version(&p.image) {
                 Some(v) => out.push(ComponentVersion::new(c, &p.node, &v)),
-                None => notes.push(format!(
-                    "{c} on {}: image `{}` carries no version tag",
-                    p.node, p.image
-                )),
+                None => notes.push(format!("{c} on {}: image `{}` carries no version tag", p.node, p.image)),
             }
         }
     }
@@ -141,13 +114,10 @@ pub async fn read_nodes(client: &kube::Client) -> Result<(Vec<Node>, Vec<Pod>), 
         .await
         .map_err(|_| format!("list nodes: no answer within {REQUEST_TIMEOUT:?}"))?
         .map_err(|e| format!("list nodes: {}", crate::exit::chain(&e)))?;
-    let p = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        pods.list(&ListParams::default().labels("k8s-app=kube-proxy")),
-    )
-    .await
-    .map_err(|_| format!("list pods in kube-system: no answer within {REQUEST_TIMEOUT:?}"))?
-    .map_err(|e| format!("list pods in kube-system: {}", crate::exit::chain(&e)))?;
+    let p = tokio::time::timeout(REQUEST_TIMEOUT, pods.list(&ListParams::default().labels("k8s-app=kube-proxy")))
+        .await
+        .map_err(|_| format!("list pods in kube-system: no answer within {REQUEST_TIMEOUT:?}"))?
+        .map_err(|e| format!("list pods in kube-system: {}", crate::exit::chain(&e)))?;
     Ok((n.items, p.items))
 }
 
@@ -158,14 +128,8 @@ async fn apiserver_versions(kv: &KubeView, notes: &mut Vec<String>) -> Vec<Compo
     for a in &kv.discovery.apiservers {
         let url = a.url();
         let node = a.node.clone().unwrap_or_else(|| a.address.clone());
-        let got =
-            crate::tls::https_get(&url, &kv.ca_pem, None, Duration::from_secs(5), "/version").await;
-        match got
-            .as_ref()
-            .ok()
-            .filter(|g| g.status == Some(200))
-            .and_then(|g| git_version(&g.body))
-        {
+        let got = crate::tls::https_get(&url, &kv.ca_pem, None, Duration::from_secs(5), "/version").await;
+        match got.as_ref().ok().filter(|g| g.status == Some(200)).and_then(|g| git_version(&g.body)) {
             Some(v) => out.push(ComponentVersion::new("kube-apiserver", &node, &v)),
             None => {
                 let why = match got {
@@ -180,7 +144,9 @@ async fn apiserver_versions(kv: &KubeView, notes: &mut Vec<String>) -> Vec<Compo
                     .and_then(|p| image_version(&p.image));
                 match tag {
                     Some(v) => {
-                        notes.push(format!("apiserver {url}: /version not read ({why}); its static pod's image tag {v} used"));
+                        notes.push(format!(
+                            "apiserver {url}: /version not read ({why}); its static pod's image tag {v} used"
+                        ));
                         out.push(ComponentVersion::new("kube-apiserver", &node, &v));
                     }
                     None => notes.push(format!("apiserver {url}: version not read: {why}")),
@@ -197,28 +163,17 @@ async fn kubectl_version(notes: &mut Vec<String>) -> Option<ComponentVersion> {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "local".into());
     let mut cmd = tokio::process::Command::new("kubectl");
-    cmd.args(["version", "--client", "-o", "json"])
-        .kill_on_drop(true)
-        .stdin(std::process::Stdio::null());
+    cmd.args(["version", "--client", "-o", "json"]).kill_on_drop(true).stdin(std::process::Stdio::null());
     match tokio::time::timeout(Duration::from_secs(10), cmd.output()).await {
-        Ok(Ok(o)) if o.status.success() => {
-            match git_version(&String::from_utf8_lossy(&o.stdout)) {
-                Some(v) => Some(ComponentVersion::new(
-                    "kubectl",
-                    &format!("{host} (local)"),
-                    &v,
-                )),
-                None => {
-                    notes.push("kubectl version --client -o json: no clientVersion.gitVersion in its answer".into());
-                    None
-                }
+        Ok(Ok(o)) if o.status.success() => match git_version(&String::from_utf8_lossy(&o.stdout)) {
+            Some(v) => Some(ComponentVersion::new("kubectl", &format!("{host} (local)"), &v)),
+            None => {
+                notes.push("kubectl version --client -o json: no clientVersion.gitVersion in its answer".into());
+                None
             }
-        }
+        },
         Ok(Ok(o)) => {
-            notes.push(format!(
-                "kubectl version --client failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
+            notes.push(format!("kubectl version --client failed: {}", String::from_utf8_lossy(&o.stderr).trim()));
             None
         }
         Ok(Err(_)) => {
@@ -237,9 +192,8 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
     let mut notes = Vec::new();
     (ctx.progress)(&st.name, "reading the versions of every component");
     let mut versions = apiserver_versions(&kv, &mut notes).await;
-    let (nodes, proxies) = read_nodes(&kv.client)
-        .await
-        .map_err(|e| StepEnd::Error(format!("cannot read the nodes: {e}")))?;
+    let (nodes, proxies) =
+        read_nodes(&kv.client).await.map_err(|e| StepEnd::Error(format!("cannot read the nodes: {e}")))?;
     let (nv, n2) = node_versions(&nodes, &proxies);
     notes.extend(n2);
     let (sv, n3) = static_pod_versions(&kv.discovery);
@@ -254,11 +208,7 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
             (Component::ControllerManager, "kube-controller-manager"),
             (Component::Scheduler, "kube-scheduler"),
         ] {
-            let fill = if c == Component::Apiserver {
-                no_apis
-            } else {
-                no_cm
-            };
+            let fill = if c == Component::Apiserver { no_apis } else { no_cm };
             if !fill {
                 continue;
             }
@@ -271,13 +221,14 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
     }
     for c in ["kube-controller-manager", "kube-scheduler"] {
         if !versions.iter().any(|v| v.component == c) {
-            notes.push(format!(
-                "no {c} version found (no static pod with a version tag, no rig instance): not checked"
-            ));
+            notes
+                .push(format!("no {c} version found (no static pod with a version tag, no rig instance): not checked"));
         }
     }
     if nodes.is_empty() {
-        notes.push("no Node objects (the rig runs no kubelet): the kubelet and kube-proxy rules were not checked".into());
+        notes.push(
+            "no Node objects (the rig runs no kubelet): the kubelet and kube-proxy rules were not checked".into(),
+        );
     }
     if let Some(k) = kubectl_version(&mut notes).await {
         versions.push(k);
@@ -288,13 +239,9 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
     for n in &notes {
         st.log(n);
     }
-    let mut o = skew::outcome(&versions)
-        .map_err(|e| StepEnd::Error(format!("cannot apply the skew policy: {e}")))?;
+    let mut o = skew::outcome(&versions).map_err(|e| StepEnd::Error(format!("cannot apply the skew policy: {e}")))?;
     if !notes.is_empty() {
-        o.evidence.push_str(&format!(
-            "not checked / how read:\n  {}\n",
-            notes.join("\n  ")
-        ));
+        o.evidence.push_str(&format!("not checked / how read:\n  {}\n", notes.join("\n  ")));
     }
     Ok(o)
 }
@@ -316,22 +263,11 @@ async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, S
     let Some((node, access)) = chosen else {
         return Err(StepEnd::Skip(format!(
             "needs node access to a control-plane node to run kubeadm ({})",
-            if why.is_empty() {
-                "no control-plane node found".into()
-            } else {
-                why.join("; ")
-            }
+            if why.is_empty() { "no control-plane node found".into() } else { why.join("; ") }
         )));
     };
     (ctx.progress)(&st.name, &format!("kubeadm upgrade plan on {node}"));
-    let plan_text = match access
-        .exec_with(
-            Some(&kv.client),
-            &["kubeadm", "upgrade", "plan"],
-            NODE_DEADLINE,
-        )
-        .await
-    {
+    let plan_text = match access.exec_with(Some(&kv.client), &["kubeadm", "upgrade", "plan"], NODE_DEADLINE).await {
         Ok(o) => format!("{}\n{}", o.stdout, o.stderr),
         Err(crate::node::NodeError::Failed { stderr, .. })
             if stderr.contains("not found") || stderr.contains("No such file") =>
@@ -339,10 +275,7 @@ async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, S
             return Err(StepEnd::Skip(format!("needs kubeadm on {node}: {stderr}")))
         }
         Err(e) => {
-            return Err(StepEnd::Error(format!(
-                "kubeadm upgrade plan on {node} failed: {}",
-                crate::exit::chain(&e)
-            )))
+            return Err(StepEnd::Error(format!("kubeadm upgrade plan on {node} failed: {}", crate::exit::chain(&e))))
         }
     };
     let plan = kubeadm::parse_upgrade_plan(&plan_text);
@@ -350,31 +283,15 @@ async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, S
         "kubeadm upgrade plan on {node}: cluster {:?}, kubeadm {:?}, suggests {:?}",
         plan.cluster_version, plan.kubeadm_version, plan.suggested
     ));
-    let current = plan
-        .cluster_version
-        .clone()
-        .or_else(|| kv.discovery.server_version.clone())
-        .ok_or_else(|| {
-            StepEnd::Error(format!(
-                "neither `kubeadm upgrade plan` on {node} nor /version told the cluster's version"
-            ))
-        })?;
-    let target = kubeadm::skipping_target(&current).ok_or_else(|| {
-        StepEnd::Error(format!(
-            "the cluster version `{current}` is not vMAJOR.MINOR.PATCH"
-        ))
+    let current = plan.cluster_version.clone().or_else(|| kv.discovery.server_version.clone()).ok_or_else(|| {
+        StepEnd::Error(format!("neither `kubeadm upgrade plan` on {node} nor /version told the cluster's version"))
     })?;
-    (ctx.progress)(
-        &st.name,
-        &format!("kubeadm upgrade apply {target} --dry-run on {node}"),
-    );
+    let target = kubeadm::skipping_target(&current)
+        .ok_or_else(|| StepEnd::Error(format!("the cluster version `{current}` is not vMAJOR.MINOR.PATCH")))?;
+    (ctx.progress)(&st.name, &format!("kubeadm upgrade apply {target} --dry-run on {node}"));
     // the dry run is the only thing run: it writes nothing to the node or the cluster
     let (ok, out) = match access
-        .exec_with(
-            Some(&kv.client),
-            &["kubeadm", "upgrade", "apply", &target, "--dry-run", "--yes"],
-            NODE_DEADLINE,
-        )
+        .exec_with(Some(&kv.client), &["kubeadm", "upgrade", "apply", &target, "--dry-run", "--yes"], NODE_DEADLINE)
         .await
     {
         Ok(o) => (true, format!("{}\n{}", o.stdout, o.stderr)),
@@ -387,36 +304,22 @@ async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, S
         }
     };
     let answer = kubeadm::classify_apply(ok, &out);
-    st.timeline.record(
-        "kubeadm",
-        format!("upgrade apply {target} --dry-run on {node}: {answer:?}"),
-    );
+    st.timeline.record("kubeadm", format!("upgrade apply {target} --dry-run on {node}: {answer:?}"));
     kubeadm::upgrade_verdict(&node, &plan, &target, &answer).map_err(StepEnd::Error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::discovery::tests::{
-        fixture, fixture_discovery, kubeadm_routes, mock_client, route,
-    };
+    use crate::target::discovery::tests::{fixture, fixture_discovery, kubeadm_routes, mock_client, route};
 
     #[test]
     fn image_tags_and_version_answers() {
-        assert_eq!(
-            image_version("registry.k8s.io/kube-proxy:v1.29.2").as_deref(),
-            Some("v1.29.2")
-        );
-        assert_eq!(
-            image_version("localhost:5000/kube-proxy:v1.28.4+k3s1").as_deref(),
-            Some("v1.28.4+k3s1")
-        );
+        assert_eq!(image_version("registry.k8s.io/kube-proxy:v1.29.2").as_deref(), Some("v1.29.2"));
+        assert_eq!(image_version("localhost:5000/kube-proxy:v1.28.4+k3s1").as_deref(), Some("v1.28.4+k3s1"));
         assert_eq!(image_version("registry.k8s.io/kube-proxy@sha256:abc"), None);
         assert_eq!(image_version("localhost:5000/kube-proxy:latest"), None);
-        assert_eq!(
-            git_version(&fixture("version-1.29.json")).as_deref(),
-            Some("v1.29.2")
-        );
+        assert_eq!(git_version(&fixture("version-1.29.json")).as_deref(), Some("v1.29.2"));
         let kubectl = r#"{"clientVersion":{"major":"1","minor":"30","gitVersion":"v1.30.1","gitCommit":"6911225c","gitTreeState":"clean","buildDate":"2024-05-14T10:50:53Z","goVersion":"go1.22.2","compiler":"gc","platform":"linux/amd64"},"kustomizeVersion":"v5.0.4-0.20230601165947-6ce0bf390ce3"}"#;
         assert_eq!(git_version(kubectl).as_deref(), Some("v1.30.1"));
     }
@@ -426,12 +329,7 @@ mod tests {
     #[tokio::test]
     async fn a_kubelet_newer_than_its_apiserver_fails() {
         let mut routes = kubeadm_routes("pods-kube-system-stacked.json");
-        routes.push(route(
-            "/api/v1/nodes",
-            None,
-            200,
-            fixture("nodes-all-1.29-w2-kubelet-newer.json"),
-        ));
+        routes.push(route("/api/v1/nodes", None, 200, fixture("nodes-all-1.29-w2-kubelet-newer.json")));
         routes.push(route(
             "/api/v1/namespaces/kube-system/pods",
             Some("labelSelector=k8s-app%3Dkube-proxy"),
@@ -440,11 +338,7 @@ mod tests {
         ));
         let (client, seen, _t) = mock_client(routes);
         let (nodes, pods) = read_nodes(&client).await.unwrap();
-        assert!(seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|r| r.contains("labelSelector=k8s-app%3Dkube-proxy")));
+        assert!(seen.lock().unwrap().iter().any(|r| r.contains("labelSelector=k8s-app%3Dkube-proxy")));
         let (mut vs, notes) = node_versions(&nodes, &pods);
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(vs.iter().filter(|v| v.component == "kubelet").count(), 5);
@@ -452,10 +346,8 @@ mod tests {
         let d = fixture_discovery("pods-kube-system-stacked.json", "https://10.0.0.10:6443");
         let (sv, _) = static_pod_versions(&d);
         assert_eq!(sv.len(), 6);
-        let mut all: Vec<ComponentVersion> = ["cp-1", "cp-2", "cp-3"]
-            .iter()
-            .map(|n| ComponentVersion::new("kube-apiserver", n, "v1.29.2"))
-            .collect();
+        let mut all: Vec<ComponentVersion> =
+            ["cp-1", "cp-2", "cp-3"].iter().map(|n| ComponentVersion::new("kube-apiserver", n, "v1.29.2")).collect();
         all.append(&mut vs);
         all.extend(sv);
         let o = skew::outcome(&all).unwrap();
@@ -480,8 +372,7 @@ mod tests {
 
     #[test]
     fn without_kube_proxy_pods_the_deprecated_node_field_is_used_and_said() {
-        let nodes: k8s_openapi::List<Node> =
-            serde_json::from_str(&fixture("nodes-kubeadm-1.29.json")).unwrap();
+        let nodes: k8s_openapi::List<Node> = serde_json::from_str(&fixture("nodes-kubeadm-1.29.json")).unwrap();
         let (vs, notes) = node_versions(&nodes.items, &[]);
         assert_eq!(vs.iter().filter(|v| v.component == "kube-proxy").count(), 3);
         assert!(notes[0].contains("no kube-proxy pods"), "{notes:?}");

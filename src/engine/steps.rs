@@ -108,8 +108,12 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         CheckSpec::EtcdDbSizeSpread { max_ratio } => topology::db_size_spread(&view(ctx, st).await?, *max_ratio),
         CheckSpec::HarnessSelftest(outcome) => super::selftest::check(*outcome, st)?,
         CheckSpec::EtcdSnapshotRestores { within } => super::dr::check(ctx, *within, st).await?,
-        CheckSpec::EtcdRefusesClientCert { .. } | CheckSpec::EtcdAcceptsControlCert | CheckSpec::EtcdServingCertValidFor { .. } => super::certs::check(ctx, spec, st).await?,
-        k @ (CheckSpec::KubeControlPlaneCount { .. } | CheckSpec::KubeServerIsLoadBalancer | CheckSpec::KubeLeasesRenewed) => super::kube::check(ctx, k, st).await?,
+        CheckSpec::EtcdRefusesClientCert { .. }
+        | CheckSpec::EtcdAcceptsControlCert
+        | CheckSpec::EtcdServingCertValidFor { .. } => super::certs::check(ctx, spec, st).await?,
+        k @ (CheckSpec::KubeControlPlaneCount { .. }
+        | CheckSpec::KubeServerIsLoadBalancer
+        | CheckSpec::KubeLeasesRenewed) => super::kube::check(ctx, k, st).await?,
         k @ (CheckSpec::ApiserverRefusesClientCert { .. }
         | CheckSpec::ApiserverAcceptsControlCert
         | CheckSpec::KubeServingCertsValidFor { .. }
@@ -117,19 +121,21 @@ async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Result
         | CheckSpec::ApiserverServesExpiredCert { .. }
         | CheckSpec::LbRoutesAroundExpiredCert { .. }
         | CheckSpec::ApiserverServesValidCert { .. }) => super::kubecerts::check(ctx, k, st).await?,
-        k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingAMinor) => super::skew::check(ctx, k, st).await?,
-        k @ (CheckSpec::KubeApiAvailable { .. } | CheckSpec::KubeApiserversReady { .. } | CheckSpec::KubeServerCertCoversServer) => {
-            super::failover::check(ctx, k, st)
-                .await
-                .unwrap_or_else(|| Err(StepEnd::Error(format!("check `{}` has no failover arm", label(&Step::Check(k.clone()))))))?
+        k @ (CheckSpec::VersionSkew | CheckSpec::KubeadmRefusesSkippingAMinor) => {
+            super::skew::check(ctx, k, st).await?
         }
+        k @ (CheckSpec::KubeApiAvailable { .. }
+        | CheckSpec::KubeApiserversReady { .. }
+        | CheckSpec::KubeServerCertCoversServer) => super::failover::check(ctx, k, st).await.unwrap_or_else(|| {
+            Err(StepEnd::Error(format!("check `{}` has no failover arm", label(&Step::Check(k.clone())))))
+        })?,
         other => match super::quorum::check(ctx, other, st).await {
             Some(r) => r?,
             None => {
-            return Err(StepEnd::Error(format!(
-                "check `{}` is not supported by this build of hadrill",
-                serde_json::to_string(other).unwrap_or_default()
-            )))
+                return Err(StepEnd::Error(format!(
+                    "check `{}` is not supported by this build of hadrill",
+                    serde_json::to_string(other).unwrap_or_default()
+                )))
             }
         },
     };
@@ -173,10 +179,7 @@ pub async fn pick_members(
         }
     };
     if pool.len() < count {
-        return Err(StepEnd::Error(format!(
-            "the fault asks for {count} {role:?} member(s), {} available",
-            pool.len()
-        )));
+        return Err(StepEnd::Error(format!("the fault asks for {count} {role:?} member(s), {} available", pool.len())));
     }
     st.leader_before_fault = leader;
     Ok((v, pool.into_iter().take(count).collect()))
@@ -201,9 +204,11 @@ async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Resul
             let (_, names) = pick_members(ctx, st, *role, *count).await?;
             let mut out = Vec::new();
             for n in names {
-                let m = rig.members.iter().find(|m| m.name == n).ok_or_else(|| {
-                    StepEnd::Error(format!("member {n} is not one of the rig's members"))
-                })?;
+                let m = rig
+                    .members
+                    .iter()
+                    .find(|m| m.name == n)
+                    .ok_or_else(|| StepEnd::Error(format!("member {n} is not one of the rig's members")))?;
                 let current = crate::rig::status(&rig.dir)
                     .ok()
                     .and_then(|r| r.members.into_iter().find(|x| x.name == n))
@@ -226,9 +231,11 @@ async fn inject(ctx: &RunContext, spec: &FaultSpec, st: &mut CaseState) -> Resul
             let current = crate::rig::status(&rig.dir).map_err(|e| StepEnd::Error(crate::exit::chain(&e)))?;
             let mut out = Vec::new();
             for n in names {
-                let m = current.members.iter().find(|m| m.name == n).ok_or_else(|| {
-                    StepEnd::Error(format!("member {n} is not one of the rig's members"))
-                })?;
+                let m = current
+                    .members
+                    .iter()
+                    .find(|m| m.name == n)
+                    .ok_or_else(|| StepEnd::Error(format!("member {n} is not one of the rig's members")))?;
                 out.push((
                     n.clone(),
                     Fault::Pause { what: format!("etcd member {n}"), pid: m.pid, start_time: m.start_time },

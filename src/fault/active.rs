@@ -1,8 +1,8 @@
 //! The active faults of this process and the gate that lets a signal handler revert them all
 //! without racing an inject or a revert in flight.
 
-use std::sync::{LazyLock, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use tokio::sync::RwLock;
 

@@ -45,25 +45,9 @@ fn s(p: &Path) -> String {
 }
 
 /// Backs up `pki_dir/apiserver.crt` into `backup_dir` and writes `expired_pem` in its place.
-pub async fn apply(
-    access: &NodeAccess,
-    pki_dir: &Path,
-    backup_dir: &Path,
-    expired_pem: &str,
-) -> Result<(), String> {
+pub async fn apply(access: &NodeAccess, pki_dir: &Path, backup_dir: &Path, expired_pem: &str) -> Result<(), String> {
     access
-        .exec(
-            &[
-                "sh",
-                "-c",
-                APPLY,
-                "sh",
-                &s(pki_dir),
-                &s(backup_dir),
-                expired_pem,
-            ],
-            DEADLINE,
-        )
+        .exec(&["sh", "-c", APPLY, "sh", &s(pki_dir), &s(backup_dir), expired_pem], DEADLINE)
         .await
         .map(|_| ())
         .map_err(|e| crate::exit::chain(&e))
@@ -72,10 +56,7 @@ pub async fn apply(
 /// Restores the backup and removes the backup directory (idempotent).
 pub async fn revert(access: &NodeAccess, pki_dir: &Path, backup_dir: &Path) -> Result<(), String> {
     access
-        .exec(
-            &["sh", "-c", REVERT, "sh", &s(pki_dir), &s(backup_dir)],
-            DEADLINE,
-        )
+        .exec(&["sh", "-c", REVERT, "sh", &s(pki_dir), &s(backup_dir)], DEADLINE)
         .await
         .map(|_| ())
         .map_err(|e| crate::exit::chain(&e))
@@ -96,11 +77,7 @@ mod tests {
         std::fs::create_dir(&pki).unwrap();
         let original = "-----BEGIN CERTIFICATE-----\nMIIBoriginal\n-----END CERTIFICATE-----\n";
         std::fs::write(pki.join("apiserver.crt"), original).unwrap();
-        std::fs::set_permissions(
-            pki.join("apiserver.crt"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
+        std::fs::set_permissions(pki.join("apiserver.crt"), std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::write(pki.join("apiserver.key"), "KEY").unwrap();
         let backup = dir.path().join("backup-1");
         let f = Fault::ApiserverCertSwap {
@@ -108,67 +85,31 @@ mod tests {
             access: NodeAccess::Local { netns: None },
             pki_dir: pki.clone(),
             backup_dir: backup.clone(),
-            expired_cert_pem:
-                "-----BEGIN CERTIFICATE-----\nMIIBexpired\n-----END CERTIFICATE-----\n".into(),
+            expired_cert_pem: "-----BEGIN CERTIFICATE-----\nMIIBexpired\n-----END CERTIFICATE-----\n".into(),
             not_after: 0,
         };
         f.apply().await.unwrap();
-        assert!(std::fs::read_to_string(pki.join("apiserver.crt"))
-            .unwrap()
-            .contains("MIIBexpired"));
-        assert_eq!(
-            std::fs::read_to_string(backup.join("apiserver.crt")).unwrap(),
-            original
-        );
-        assert_eq!(
-            std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        assert_eq!(
-            std::fs::metadata(pki.join("apiserver.crt"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o644
-        );
-        assert_eq!(
-            std::fs::read_to_string(pki.join("apiserver.key")).unwrap(),
-            "KEY",
-            "the key is not touched"
-        );
+        assert!(std::fs::read_to_string(pki.join("apiserver.crt")).unwrap().contains("MIIBexpired"));
+        assert_eq!(std::fs::read_to_string(backup.join("apiserver.crt")).unwrap(), original);
+        assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(pki.join("apiserver.crt")).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_to_string(pki.join("apiserver.key")).unwrap(), "KEY", "the key is not touched");
         // applied twice (a run killed before its revert): the backup keeps the original
         f.apply().await.unwrap();
-        assert_eq!(
-            std::fs::read_to_string(backup.join("apiserver.crt")).unwrap(),
-            original
-        );
+        assert_eq!(std::fs::read_to_string(backup.join("apiserver.crt")).unwrap(), original);
         // the revert needs nothing but the stored form (as `hadrill recover` has it)
         let stored: Fault = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
         stored.revert().await.unwrap();
-        assert_eq!(
-            std::fs::read_to_string(pki.join("apiserver.crt")).unwrap(),
-            original
-        );
+        assert_eq!(std::fs::read_to_string(pki.join("apiserver.crt")).unwrap(), original);
         assert!(!backup.exists(), "the backup directory is removed");
         stored.revert().await.expect("reverting again is a no-op");
-        assert_eq!(
-            std::fs::read_to_string(pki.join("apiserver.crt")).unwrap(),
-            original
-        );
+        assert_eq!(std::fs::read_to_string(pki.join("apiserver.crt")).unwrap(), original);
     }
 
     #[tokio::test]
     async fn a_node_without_the_certificate_is_an_apply_error_and_nothing_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let e = apply(
-            &NodeAccess::Local { netns: None },
-            dir.path(),
-            &dir.path().join("b"),
-            "x",
-        )
-        .await
-        .unwrap_err();
+        let e = apply(&NodeAccess::Local { netns: None }, dir.path(), &dir.path().join("b"), "x").await.unwrap_err();
         assert!(e.contains("apiserver.crt"), "{e}");
         assert!(!dir.path().join("b").exists());
     }

@@ -35,7 +35,14 @@ pub enum Fault {
     },
     /// Delay a member's peer traffic by `delay_ms` with tc netem on `dev` in its namespace;
     /// a dead-man timer removes the qdisc after `dead_man_secs`.
-    PeerLatency { token: String, member: NetMember, dev: String, peer_ports: Vec<u16>, delay_ms: u64, dead_man_secs: u64 },
+    PeerLatency {
+        token: String,
+        member: NetMember,
+        dev: String,
+        peer_ports: Vec<u16>,
+        delay_ms: u64,
+        dead_man_secs: u64,
+    },
     /// Stop a process of the local rig (an etcd member or a Kubernetes component) by pid,
     /// checked against its start time; revert restarts it with its stored command line.
     RigProcessStop { rig_dir: PathBuf, name: String, pid: i32, start_time: u64, signal: StopSignal },
@@ -150,9 +157,15 @@ impl Fault {
             Fault::RigProcessStop { name, .. } => format!("restart {name} with its command line, namespace and data"),
             Fault::DrScratch { dir } => format!("stop the scratch etcd in {}, remove the directory", dir.display()),
             Fault::ApiserverCertSwap { backup_dir, .. } => {
-                format!("copy {}/apiserver.crt back over it (byte for byte), remove that directory", backup_dir.display())
+                format!(
+                    "copy {}/apiserver.crt back over it (byte for byte), remove that directory",
+                    backup_dir.display()
+                )
             }
-            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::revert_plan(f),
+            f @ (Fault::StaticPodStop { .. }
+            | Fault::NodeUnitStop { .. }
+            | Fault::NodeEtcdPartition { .. }
+            | Fault::NodePeerLatency { .. }) => node_fault::revert_plan(f),
         }
     }
 
@@ -194,7 +207,10 @@ impl Fault {
             Fault::ApiserverCertSwap { access, pki_dir, backup_dir, expired_cert_pem, .. } => {
                 super::cert::apply(access, pki_dir, backup_dir, expired_cert_pem).await.map_err(fail)
             }
-            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::apply(f).await.map_err(fail),
+            f @ (Fault::StaticPodStop { .. }
+            | Fault::NodeUnitStop { .. }
+            | Fault::NodeEtcdPartition { .. }
+            | Fault::NodePeerLatency { .. }) => node_fault::apply(f).await.map_err(fail),
         }
     }
 
@@ -215,7 +231,9 @@ impl Fault {
             Fault::Partition { token, isolated, others, peer_ports, .. } => {
                 net::revert_partition(isolated, others, peer_ports, token).await.map_err(fail)
             }
-            Fault::PeerLatency { token, member, dev, .. } => net::revert_latency(member, dev, token).await.map_err(fail),
+            Fault::PeerLatency { token, member, dev, .. } => {
+                net::revert_latency(member, dev, token).await.map_err(fail)
+            }
             Fault::RigProcessStop { rig_dir, name, .. } => {
                 crate::rig::restart_process(rig_dir, name).await.map_err(|e| fail(crate::exit::chain(&e)))
             }
@@ -223,7 +241,10 @@ impl Fault {
             Fault::ApiserverCertSwap { access, pki_dir, backup_dir, .. } => {
                 super::cert::revert(access, pki_dir, backup_dir).await.map_err(fail)
             }
-            f @ (Fault::StaticPodStop { .. } | Fault::NodeUnitStop { .. } | Fault::NodeEtcdPartition { .. } | Fault::NodePeerLatency { .. }) => node_fault::revert(f).await.map_err(fail),
+            f @ (Fault::StaticPodStop { .. }
+            | Fault::NodeUnitStop { .. }
+            | Fault::NodeEtcdPartition { .. }
+            | Fault::NodePeerLatency { .. }) => node_fault::revert(f).await.map_err(fail),
         }
     }
 }

@@ -117,12 +117,8 @@ impl Ledger {
         let path = self.dir.join(format!("{id}.json"));
         let tmp = self.dir.join(format!(".{id}.tmp"));
         let body = serde_json::to_vec_pretty(&entry).expect("ledger entries serialize");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(self.io(&tmp))?;
+        let mut f =
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(self.io(&tmp))?;
         f.write_all(&body).map_err(self.io(&tmp))?;
         f.sync_all().map_err(self.io(&tmp))?;
         fs::rename(&tmp, &path).map_err(self.io(&path))?;

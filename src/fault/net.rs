@@ -47,10 +47,25 @@ pub fn partition_rules(others: &[String], peer_ports: &[u16], token: &str) -> Ve
         for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
             out.push((
                 chain.to_string(),
-                [dir, ip, "-p", "tcp", "-m", "multiport", "--ports", &ports, "-m", "comment", "--comment", &rule_comment(token), "-j", "DROP"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                [
+                    dir,
+                    ip,
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "multiport",
+                    "--ports",
+                    &ports,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &rule_comment(token),
+                    "-j",
+                    "DROP",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             ));
         }
     }
@@ -147,7 +162,13 @@ fn node(netns: &str) -> NodeAccess {
 }
 
 /// Inserts the partition rules in every isolated member's namespace, timer first.
-pub async fn apply_partition(isolated: &[NetMember], others: &[String], peer_ports: &[u16], token: &str, dead_man_secs: u64) -> Result<(), String> {
+pub async fn apply_partition(
+    isolated: &[NetMember],
+    others: &[String],
+    peer_ports: &[u16],
+    token: &str,
+    dead_man_secs: u64,
+) -> Result<(), String> {
     for m in isolated {
         let n = node(&m.netns);
         let rules = partition_rules(others, peer_ports, token);
@@ -163,7 +184,12 @@ pub async fn apply_partition(isolated: &[NetMember], others: &[String], peer_por
 
 /// Kills the timers and deletes every rule of the partition that is still there. A missing
 /// namespace (the rig is gone) counts as reverted.
-pub async fn revert_partition(isolated: &[NetMember], others: &[String], peer_ports: &[u16], token: &str) -> Result<(), String> {
+pub async fn revert_partition(
+    isolated: &[NetMember],
+    others: &[String],
+    peer_ports: &[u16],
+    token: &str,
+) -> Result<(), String> {
     kill_deadman(token);
     let mut errors = Vec::new();
     for m in isolated {
@@ -212,7 +238,20 @@ pub fn netns_exists(netns: &str) -> bool {
 pub fn latency_commands(dev: &str, peer_ports: &[u16], delay_ms: u64) -> Vec<Vec<String>> {
     let mut cmds: Vec<Vec<String>> = vec![
         vec!["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "prio", "bands", "4"],
-        vec!["tc", "qdisc", "add", "dev", dev, "parent", "1:4", "handle", "40:", "netem", "delay", &format!("{delay_ms}ms")],
+        vec![
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            dev,
+            "parent",
+            "1:4",
+            "handle",
+            "40:",
+            "netem",
+            "delay",
+            &format!("{delay_ms}ms"),
+        ],
     ]
     .into_iter()
     .map(|v| v.into_iter().map(String::from).collect())
@@ -220,10 +259,30 @@ pub fn latency_commands(dev: &str, peer_ports: &[u16], delay_ms: u64) -> Vec<Vec
     for p in peer_ports {
         for dir in ["sport", "dport"] {
             cmds.push(
-                ["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip", dir, &p.to_string(), "0xffff", "flowid", "1:4"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                [
+                    "tc",
+                    "filter",
+                    "add",
+                    "dev",
+                    dev,
+                    "parent",
+                    "1:",
+                    "protocol",
+                    "ip",
+                    "prio",
+                    "1",
+                    "u32",
+                    "match",
+                    "ip",
+                    dir,
+                    &p.to_string(),
+                    "0xffff",
+                    "flowid",
+                    "1:4",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             );
         }
     }
@@ -231,16 +290,35 @@ pub fn latency_commands(dev: &str, peer_ports: &[u16], delay_ms: u64) -> Vec<Vec
 }
 
 /// Adds the latency in `m`'s namespace, timer first.
-pub async fn apply_latency(m: &NetMember, dev: &str, peer_ports: &[u16], delay_ms: u64, token: &str, dead_man_secs: u64) -> Result<(), String> {
+pub async fn apply_latency(
+    m: &NetMember,
+    dev: &str,
+    peer_ports: &[u16],
+    delay_ms: u64,
+    token: &str,
+    dead_man_secs: u64,
+) -> Result<(), String> {
     let n = node(&m.netns);
-    let del = shell_line(&["tc".into(), "qdisc".into(), "del".into(), "dev".into(), dev.into(), "root".into(), "handle".into(), "1:".into()])?;
+    let del = shell_line(&[
+        "tc".into(),
+        "qdisc".into(),
+        "del".into(),
+        "dev".into(),
+        dev.into(),
+        "root".into(),
+        "handle".into(),
+        "1:".into(),
+    ])?;
     start_deadman(&n, &format!("sleep {dead_man_secs}; {del} 2>/dev/null"), token).await?;
     for c in latency_commands(dev, peer_ports, delay_ms) {
         let argv: Vec<&str> = c.iter().map(String::as_str).collect();
         if let Err(e) = n.exec(&argv, CMD_TIMEOUT).await {
             let text = crate::exit::chain(&e);
             if text.contains("qdisc kind is unknown") {
-                return Err(format!("{}: this kernel has no tc netem/prio support (sch_netem, sch_prio): {text}", m.name));
+                return Err(format!(
+                    "{}: this kernel has no tc netem/prio support (sch_netem, sch_prio): {text}",
+                    m.name
+                ));
             }
             return Err(format!("{}: {text}", m.name));
         }
@@ -267,7 +345,8 @@ pub async fn revert_latency(m: &NetMember, dev: &str, token: &str) -> Result<(),
 
 /// The interface of `netns` that routes to `ip`.
 pub async fn dev_towards(netns: &str, ip: &str) -> Result<String, String> {
-    let out = node(netns).exec(&["ip", "-o", "route", "get", ip], CMD_TIMEOUT).await.map_err(|e| crate::exit::chain(&e))?;
+    let out =
+        node(netns).exec(&["ip", "-o", "route", "get", ip], CMD_TIMEOUT).await.map_err(|e| crate::exit::chain(&e))?;
     let words: Vec<&str> = out.stdout.split_whitespace().collect();
     words
         .windows(2)
@@ -296,7 +375,8 @@ mod tests {
 
     #[test]
     fn a_shell_metacharacter_never_reaches_the_timer() {
-        let e = partition_deadman_script(&partition_rules(&["10.0.0.2; rm -rf /".into()], &[2380], "x"), 1).unwrap_err();
+        let e =
+            partition_deadman_script(&partition_rules(&["10.0.0.2; rm -rf /".into()], &[2380], "x"), 1).unwrap_err();
         assert!(e.contains("refusing") && e.contains("rm -rf"), "{e}");
     }
 

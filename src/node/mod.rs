@@ -94,11 +94,9 @@ impl NodeAccess {
     /// `ssh`; inside the access pod (sent through the API's exec) for `pod`.
     pub fn wrap(&self, argv: &[&str]) -> Vec<String> {
         match self {
-            NodeAccess::Docker { container } => ["docker", "exec", container.as_str()]
-                .iter()
-                .chain(argv.iter())
-                .map(|s| s.to_string())
-                .collect(),
+            NodeAccess::Docker { container } => {
+                ["docker", "exec", container.as_str()].iter().chain(argv.iter()).map(|s| s.to_string()).collect()
+            }
             NodeAccess::Ssh { host, user, port, key, jump, strict_host_key_checking } => ssh::argv(
                 &ssh::SshTarget {
                     host,
@@ -112,11 +110,9 @@ impl NodeAccess {
             ),
             NodeAccess::Pod { .. } => pod::nsenter_argv(argv),
             NodeAccess::Local { netns: None } => argv.iter().map(|s| s.to_string()).collect(),
-            NodeAccess::Local { netns: Some(ns) } => ["ip", "netns", "exec", ns.as_str()]
-                .iter()
-                .chain(argv.iter())
-                .map(|s| s.to_string())
-                .collect(),
+            NodeAccess::Local { netns: Some(ns) } => {
+                ["ip", "netns", "exec", ns.as_str()].iter().chain(argv.iter()).map(|s| s.to_string()).collect()
+            }
         }
     }
 

@@ -95,7 +95,11 @@ fn phase(p: &Pod) -> String {
     p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into())
 }
 
-async fn bounded<T>(node: &str, what: &str, f: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, NodeError> {
+async fn bounded<T>(
+    node: &str,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, NodeError> {
     match tokio::time::timeout(Duration::from_secs(15), f).await {
         Err(_) => Err(perr(node, format!("{what}: no answer within 15s"))),
         Ok(r) => r.map_err(|e| perr(node, format!("{what}: {}", crate::exit::chain(&e)))),
@@ -133,7 +137,13 @@ pub async fn ensure(client: &Client, node: &str, namespace: &str, image: &str) -
     })
     .await;
     running.ok_or_else(|| {
-        perr(node, format!("access pod {namespace}/{name} not running within {START_DEADLINE:?} (phase {})", last.lock().unwrap()))
+        perr(
+            node,
+            format!(
+                "access pod {namespace}/{name} not running within {START_DEADLINE:?} (phase {})",
+                last.lock().unwrap()
+            ),
+        )
     })
 }
 
@@ -153,7 +163,10 @@ pub async fn exec(
     let nodelabel = format!("node {node} (pod access)");
     let run = async {
         let ap = AttachParams::default().container(CONTAINER).stdin(false).stdout(true).stderr(true);
-        let mut p = pods.exec(&pod_name(node), full.clone(), &ap).await.map_err(|e| perr(node, format!("exec: {}", crate::exit::chain(&e))))?;
+        let mut p = pods
+            .exec(&pod_name(node), full.clone(), &ap)
+            .await
+            .map_err(|e| perr(node, format!("exec: {}", crate::exit::chain(&e))))?;
         let mut so = p.stdout().ok_or_else(|| perr(node, "exec: no stdout stream"))?;
         let mut se = p.stderr().ok_or_else(|| perr(node, "exec: no stderr stream"))?;
         let status = p.take_status().ok_or_else(|| perr(node, "exec: no status channel"))?;
@@ -162,7 +175,11 @@ pub async fn exec(
         r1.and(r2).map_err(|e| perr(node, format!("exec: reading output: {e}")))?;
         let st = status.await;
         let _ = p.join().await;
-        Ok::<_, NodeError>((String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).trim().to_string(), st))
+        Ok::<_, NodeError>((
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).trim().to_string(),
+            st,
+        ))
     };
     let (stdout, stderr, st) = match tokio::time::timeout(timeout, run).await {
         Err(_) => return Err(NodeError::Timeout { node: nodelabel, command, timeout }),
@@ -198,7 +215,9 @@ pub fn exit_status(st: Option<&Status>) -> Result<(), String> {
 pub async fn delete(client: &Client, node: &str, namespace: &str) -> Result<(), NodeError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let name = pod_name(node);
-    match tokio::time::timeout(Duration::from_secs(15), pods.delete(&name, &DeleteParams::default().grace_period(0))).await {
+    match tokio::time::timeout(Duration::from_secs(15), pods.delete(&name, &DeleteParams::default().grace_period(0)))
+        .await
+    {
         Err(_) => return Err(perr(node, "delete the access pod: no answer within 15s")),
         Ok(Err(kube::Error::Api(s))) if s.code == 404 => return Ok(()),
         Ok(Err(e)) => return Err(perr(node, format!("delete the access pod: {}", crate::exit::chain(&e)))),
@@ -260,7 +279,9 @@ pub async fn cleanup_after_run(t: &crate::target::Target) {
     match result {
         Ok(names) if !names.is_empty() => tracing::info!("deleted the access pods {}", names.join(", ")),
         Ok(_) => {}
-        Err(e) => eprintln!("hadrill: could not delete the node access pods ({e}); `hadrill recover --kubeconfig …` deletes them"),
+        Err(e) => eprintln!(
+            "hadrill: could not delete the node access pods ({e}); `hadrill recover --kubeconfig …` deletes them"
+        ),
     }
 }
 
@@ -319,7 +340,8 @@ mod tests {
         // GET → 404, POST → the created pod, GET → Running
         let running = serde_json::to_string(&{
             let mut p = pod_spec("cp-1", "kube-system", DEFAULT_IMAGE);
-            p.status = Some(k8s_openapi::api::core::v1::PodStatus { phase: Some("Running".into()), ..Default::default() });
+            p.status =
+                Some(k8s_openapi::api::core::v1::PodStatus { phase: Some("Running".into()), ..Default::default() });
             p
         })
         .unwrap();
@@ -337,7 +359,9 @@ mod tests {
                     let body = req.into_body().collect_bytes().await.unwrap();
                     seen2.lock().unwrap().push((method.clone(), String::from_utf8_lossy(&body).into_owned()));
                     let (code, out) = match (method.as_str(), created) {
-                        ("GET", false) => (404, crate::target::discovery::tests::not_found("hadrill-node-access-cp-1", "pods")),
+                        ("GET", false) => {
+                            (404, crate::target::discovery::tests::not_found("hadrill-node-access-cp-1", "pods"))
+                        }
                         ("POST", _) => {
                             created = true;
                             (201, String::from_utf8_lossy(&body).into_owned())
@@ -359,7 +383,9 @@ mod tests {
     }
 
     /// A mock API that knows which access pods exist: LIST by label, DELETE, then GET → 404.
-    fn stateful_api(pods: Vec<Pod>) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    fn stateful_api(
+        pods: Vec<Pod>,
+    ) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
         use http::{Request, Response};
         use kube::client::Body;
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -369,20 +395,28 @@ mod tests {
             let mut handle = std::pin::pin!(handle);
             let mut live = pods;
             while let Some((req, send)) = handle.next_request().await {
-                let (m, path, q) = (req.method().to_string(), req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string());
+                let (m, path, q) = (
+                    req.method().to_string(),
+                    req.uri().path().to_string(),
+                    req.uri().query().unwrap_or("").to_string(),
+                );
                 seen2.lock().unwrap().push(format!("{m} {path}?{q}"));
                 let name = path.rsplit('/').next().unwrap_or("").to_string();
                 let (code, body) = match m.as_str() {
                     "GET" if path.ends_with("/pods") => {
-                        let sel = q.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dhadrill%2Chadrill.io%2Frole%3Dnode-access");
+                        let sel = q.contains(
+                            "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dhadrill%2Chadrill.io%2Frole%3Dnode-access",
+                        );
                         let items = if sel { live.clone() } else { vec![] };
                         (200, serde_json::json!({"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":items}).to_string())
                     }
-                    "DELETE" | "GET" => match live.iter().position(|p| p.metadata.name.as_deref() == Some(name.as_str())) {
-                        Some(i) if m == "DELETE" => (200, serde_json::to_string(&live.remove(i)).unwrap()),
-                        Some(i) => (200, serde_json::to_string(&live[i]).unwrap()),
-                        None => (404, crate::target::discovery::tests::not_found(&name, "pods")),
-                    },
+                    "DELETE" | "GET" => {
+                        match live.iter().position(|p| p.metadata.name.as_deref() == Some(name.as_str())) {
+                            Some(i) if m == "DELETE" => (200, serde_json::to_string(&live.remove(i)).unwrap()),
+                            Some(i) => (200, serde_json::to_string(&live[i]).unwrap()),
+                            None => (404, crate::target::discovery::tests::not_found(&name, "pods")),
+                        }
+                    }
                     _ => (405, String::new()),
                 };
                 send.send_response(Response::builder().status(code).body(Body::from(body.into_bytes())).unwrap());
@@ -393,22 +427,29 @@ mod tests {
 
     #[tokio::test]
     async fn cleanup_deletes_every_access_pod_it_finds_by_label() {
-        let pods = vec![pod_spec("cp-1", "hadrill-system", DEFAULT_IMAGE), pod_spec("cp-3", "hadrill-system", DEFAULT_IMAGE)];
+        let pods =
+            vec![pod_spec("cp-1", "hadrill-system", DEFAULT_IMAGE), pod_spec("cp-3", "hadrill-system", DEFAULT_IMAGE)];
         let (client, seen, _t) = stateful_api(pods);
-        let cfg: crate::node::select::NodeAccessConfig = serde_saphyr::from_str("backend: ssh
+        let cfg: crate::node::select::NodeAccessConfig = serde_saphyr::from_str(
+            "backend: ssh
 nodes:
   cp-3:
     backend: pod
 pod:
   namespace: hadrill-system
-").unwrap();
+",
+        )
+        .unwrap();
         let mut gone = cleanup(&client, &cfg).await.unwrap();
         gone.sort();
         assert_eq!(gone, ["hadrill-node-access-cp-1", "hadrill-node-access-cp-3"]);
         let seen = seen.lock().unwrap().clone();
         assert!(seen[0].starts_with("GET /api/v1/namespaces/hadrill-system/pods?"), "{seen:?}");
         for n in ["cp-1", "cp-3"] {
-            assert!(seen.contains(&format!("DELETE /api/v1/namespaces/hadrill-system/pods/hadrill-node-access-{n}?")), "{seen:?}");
+            assert!(
+                seen.contains(&format!("DELETE /api/v1/namespaces/hadrill-system/pods/hadrill-node-access-{n}?")),
+                "{seen:?}"
+            );
         }
         // nothing configured for pods: not a single request
         let (client, seen, _t) = stateful_api(vec![pod_spec("cp-1", "kube-system", DEFAULT_IMAGE)]);
@@ -425,7 +466,11 @@ pod:
 
     #[tokio::test]
     async fn pod_access_without_a_client_says_what_it_needs() {
-        let a = super::super::NodeAccess::Pod { node: "cp-1".into(), namespace: "kube-system".into(), image: DEFAULT_IMAGE.into() };
+        let a = super::super::NodeAccess::Pod {
+            node: "cp-1".into(),
+            namespace: "kube-system".into(),
+            image: DEFAULT_IMAGE.into(),
+        };
         let e = a.exec(&["true"], Duration::from_secs(1)).await.unwrap_err().to_string();
         assert!(e.contains("needs a Kubernetes client"), "{e}");
     }

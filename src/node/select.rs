@@ -187,14 +187,20 @@ mod tests {
         let cfg: NodeAccessConfig = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(
             resolve(&cfg, &node("cp-1", None)).unwrap(),
-            NodeAccess::Pod { node: "cp-1".into(), namespace: "kube-system".into(), image: "registry.internal/busybox:1.36".into() }
+            NodeAccess::Pod {
+                node: "cp-1".into(),
+                namespace: "kube-system".into(),
+                image: "registry.internal/busybox:1.36".into()
+            }
         );
         assert_eq!(resolve(&cfg, &node("cp-3", None)).unwrap(), NodeAccess::Docker { container: "kind-cp3".into() });
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let e = serde_saphyr::from_str::<NodeAccessConfig>("backend: ssh\nssh:\n  username: root\n").unwrap_err().to_string();
+        let e = serde_saphyr::from_str::<NodeAccessConfig>("backend: ssh\nssh:\n  username: root\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("username"), "{e}");
         assert!(serde_saphyr::from_str::<NodeAccessConfig>("backend: telnet\n").is_err());
     }
@@ -203,7 +209,14 @@ mod tests {
     fn node_access_round_trips_through_the_ledger_form() {
         for a in [
             NodeAccess::Docker { container: "c".into() },
-            NodeAccess::Ssh { host: "h".into(), user: None, port: Some(22), key: None, jump: None, strict_host_key_checking: StrictHostKeyChecking::Off },
+            NodeAccess::Ssh {
+                host: "h".into(),
+                user: None,
+                port: Some(22),
+                key: None,
+                jump: None,
+                strict_host_key_checking: StrictHostKeyChecking::Off,
+            },
             NodeAccess::Pod { node: "n".into(), namespace: "ns".into(), image: "i".into() },
         ] {
             let j = serde_json::to_string(&a).unwrap();

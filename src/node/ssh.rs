@@ -77,8 +77,7 @@ pub fn argv(t: &SshTarget<'_>, remote: &[&str]) -> Vec<String> {
 
 /// POSIX shell quoting: words of safe characters stay as they are, others are single-quoted.
 pub fn quote(w: &str) -> String {
-    let safe = !w.is_empty()
-        && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+    let safe = !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
     if safe {
         w.to_string()
     } else {

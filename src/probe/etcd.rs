@@ -113,11 +113,7 @@ pub async fn cluster_view(target: &EtcdTarget) -> Result<ClusterView, String> {
         }
     }
     let Some((listed_by, list)) = list else {
-        let why = unreachable
-            .iter()
-            .map(|(e, m)| format!("{e}: {m}"))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let why = unreachable.iter().map(|(e, m)| format!("{e}: {m}")).collect::<Vec<_>>().join("; ");
         return Err(if why.is_empty() { "no endpoint answered the member list".into() } else { why });
     };
     let mut members = Vec::new();

@@ -56,11 +56,7 @@ pub enum KubeProbeError {
     #[error("list namespaces labelled {SCRATCH_SELECTOR}: {message}")]
     ListNamespaces { message: String },
     #[error("create ConfigMap {namespace}/{name}: {message}")]
-    CreateConfigMap {
-        namespace: String,
-        name: String,
-        message: String,
-    },
+    CreateConfigMap { namespace: String, name: String, message: String },
     #[error("build a client for {endpoint}: {message}")]
     Client { endpoint: String, message: String },
 }
@@ -109,11 +105,8 @@ async fn bounded<T>(
 /// DNS-1123 label (lowercase, at most 63 characters). One per case, so a namespace still
 /// terminating from the previous case is never reused.
 pub fn scratch_namespace(run_id: &str, case: &str) -> String {
-    let run: String = run_id
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let run: String =
+        run_id.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let mut h: u32 = 0x811c9dc5;
     for b in case.bytes() {
         h ^= b as u32;
@@ -125,9 +118,7 @@ pub fn scratch_namespace(run_id: &str, case: &str) -> String {
 }
 
 fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 /// Creates the scratch namespace (labelled as hadrill's), or accepts it when it already
@@ -164,9 +155,7 @@ pub async fn ensure_namespace(
     match bounded(timeout, api.create(&PostParams::default(), &ns)).await {
         Ok(_) => Ok(()),
         Err((Some(409), _)) => {
-            let got = bounded(timeout, api.get(name))
-                .await
-                .map_err(|(_, m)| fail(Some(409), m))?;
+            let got = bounded(timeout, api.get(name)).await.map_err(|(_, m)| fail(Some(409), m))?;
             let labels = got.metadata.labels.clone().unwrap_or_default();
             let ours = labels.get(MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE)
                 && labels.get(ROLE_LABEL).is_some_and(|v| v == ROLE_SCRATCH);
@@ -185,16 +174,8 @@ pub async fn ensure_namespace(
 }
 
 fn label_value(v: &str) -> String {
-    let mut s: String = v
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let mut s: String =
+        v.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
     s.truncate(63);
     s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
@@ -205,10 +186,7 @@ pub async fn delete_namespace(client: &Client, name: &str, timeout: Duration) ->
     let api: Api<Namespace> = Api::all(client.clone());
     match bounded(timeout, api.delete(name, &DeleteParams::background())).await {
         Ok(_) | Err((Some(404), _)) => Ok(()),
-        Err((_, m)) => Err(KubeProbeError::DeleteNamespace {
-            name: name.into(),
-            message: m,
-        }),
+        Err((_, m)) => Err(KubeProbeError::DeleteNamespace { name: name.into(), message: m }),
     }
 }
 
@@ -241,20 +219,8 @@ pub async fn delete_leftovers(
             out.push(Leftover::AlreadyTerminating(name));
             continue;
         }
-        let run = ns
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(RUN_LABEL))
-            .cloned()
-            .unwrap_or_default();
-        let host = ns
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(HOST_ANNOTATION))
-            .cloned()
-            .unwrap_or_default();
+        let run = ns.metadata.labels.as_ref().and_then(|l| l.get(RUN_LABEL)).cloned().unwrap_or_default();
+        let host = ns.metadata.annotations.as_ref().and_then(|a| a.get(HOST_ANNOTATION)).cloned().unwrap_or_default();
         if let Some(why) = alive(&run, &host) {
             out.push(Leftover::Alive(name, why));
             continue;
@@ -286,19 +252,10 @@ pub fn run_alive_here(run_id: &str, host: &str) -> Option<String> {
 pub async fn prepare_configmaps(client: &Client, ns: &str, timeout: Duration) -> Result<(), KubeProbeError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     for name in CONFIGMAPS {
-        match bounded(
-            timeout,
-            api.create(&PostParams::default(), &configmap(name, 0, "created")),
-        )
-        .await
-        {
+        match bounded(timeout, api.create(&PostParams::default(), &configmap(name, 0, "created"))).await {
             Ok(_) | Err((Some(409), _)) => {}
             Err((_, m)) => {
-                return Err(KubeProbeError::CreateConfigMap {
-                    namespace: ns.into(),
-                    name: name.into(),
-                    message: m,
-                })
+                return Err(KubeProbeError::CreateConfigMap { namespace: ns.into(), name: name.into(), message: m })
             }
         }
     }
@@ -312,10 +269,7 @@ fn configmap(name: &str, seq: u64, at: &str) -> ConfigMap {
             labels: Some(BTreeMap::from([(MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string())])),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([
-            ("seq".to_string(), seq.to_string()),
-            ("at".to_string(), at.to_string()),
-        ])),
+        data: Some(BTreeMap::from([("seq".to_string(), seq.to_string()), ("at".to_string(), at.to_string())])),
         ..Default::default()
     }
 }
@@ -476,41 +430,24 @@ pub async fn run_api(
                 continue;
             };
             history.started.fetch_add(1, Ordering::SeqCst);
-            let (reused, fresh, history, timeline, streaks, cfg) = (
-                reused.clone(),
-                fresh.clone(),
-                history.clone(),
-                timeline.clone(),
-                streaks.clone(),
-                cfg.clone(),
-            );
+            let (reused, fresh, history, timeline, streaks, cfg) =
+                (reused.clone(), fresh.clone(), history.clone(), timeline.clone(), streaks.clone(), cfg.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let ops = one_round(seq, kind, &cfg, &reused, &fresh, &history, &timeline).await;
                 for op in ops {
-                    streaks
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(kind)
-                        .or_default()
-                        .note(&op, &timeline);
+                    streaks.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default().note(&op, &timeline);
                     history.push(op);
                 }
                 history.finished.fetch_add(1, Ordering::SeqCst);
             });
         }
     }
-    let _ = tokio::time::timeout(
-        cfg.timeout * 2 + Duration::from_secs(2),
-        inflight.acquire_many(max_inflight as u32),
-    )
-    .await;
+    let _ = tokio::time::timeout(cfg.timeout * 2 + Duration::from_secs(2), inflight.acquire_many(max_inflight as u32))
+        .await;
     let ops = history.ops();
     let ok = ops.iter().filter(|o| o.outcome.is_ok()).count();
-    timeline.record(
-        "probe:kube-api",
-        format!("API probe stopped: {} requests, {ok} answered", ops.len()),
-    );
+    timeline.record("probe:kube-api", format!("API probe stopped: {} requests, {ok} answered", ops.len()));
 }
 
 async fn one_round(
@@ -537,26 +474,15 @@ async fn one_round(
         Err(e) => Err(e),
         Ok(c) => {
             let api: Api<ConfigMap> = Api::namespaced(c, ns);
-            bounded(
-                cfg.timeout,
-                api.replace(name, &PostParams::default(), &configmap(name, seq, &at)),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(_, m)| m)
+            bounded(cfg.timeout, api.replace(name, &PostParams::default(), &configmap(name, seq, &at)))
+                .await
+                .map(|_| ())
+                .map_err(|(_, m)| m)
         }
     };
     let written = write.is_ok();
     let w_start = start;
-    let w = ApiOp {
-        seq,
-        client: kind,
-        verb: ApiVerb::Write,
-        start,
-        end: Instant::now(),
-        start_wall,
-        outcome: write,
-    };
+    let w = ApiOp { seq, client: kind, verb: ApiVerb::Write, start, end: Instant::now(), start_wall, outcome: write };
     let start = Instant::now();
     let start_wall = timeline.wall_at(start);
     let read = match client(()) {
@@ -582,15 +508,7 @@ async fn one_round(
             }
         }
     };
-    let r = ApiOp {
-        seq,
-        client: kind,
-        verb: ApiVerb::Read,
-        start,
-        end: Instant::now(),
-        start_wall,
-        outcome: read,
-    };
+    let r = ApiOp { seq, client: kind, verb: ApiVerb::Read, start, end: Instant::now(), start_wall, outcome: read };
     vec![w, r]
 }
 
@@ -631,10 +549,7 @@ impl Streak {
 /// A client that talks to one apiserver at `url` directly, with the kubeconfig's CA and
 /// credentials (client certificate, token, exec plugin: whatever the kubeconfig uses).
 pub fn endpoint_client(config: &kube::Config, url: &str, timeout: Duration) -> Result<Client, KubeProbeError> {
-    let fail = |m: String| KubeProbeError::Client {
-        endpoint: url.into(),
-        message: m,
-    };
+    let fail = |m: String| KubeProbeError::Client { endpoint: url.into(), message: m };
     let mut c = config.clone();
     c.cluster_url = url.parse().map_err(|e: http::uri::InvalidUri| fail(e.to_string()))?;
     c.connect_timeout = Some(timeout);
@@ -700,12 +615,7 @@ pub async fn apiservers_health(
             Ok(c) => {
                 for path in ["/livez", "/readyz"] {
                     let result = health(&c, path, timeout).await;
-                    v.push(HealthAnswer {
-                        endpoint: url.clone(),
-                        node: node.clone(),
-                        path: path.into(),
-                        result,
-                    });
+                    v.push(HealthAnswer { endpoint: url.clone(), node: node.clone(), path: path.into(), result });
                 }
             }
         }
@@ -725,10 +635,7 @@ pub fn health_line(r: &Result<(u16, String), String>) -> String {
         Ok((code, body)) => {
             let failing: Vec<&str> = body.lines().map(str::trim).filter(|l| l.starts_with("[-]")).collect();
             if failing.is_empty() {
-                format!(
-                    "{code}: {}",
-                    body.lines().next().unwrap_or("").chars().take(120).collect::<String>()
-                )
+                format!("{code}: {}", body.lines().next().unwrap_or("").chars().take(120).collect::<String>())
             } else {
                 format!("{code}: {}", failing.join(", "))
             }
@@ -838,11 +745,7 @@ pub struct WatchHistory {
 
 impl Default for WatchHistory {
     fn default() -> Self {
-        Self {
-            leases: Mutex::default(),
-            nodes: Mutex::default(),
-            changes: watch::channel(0).0,
-        }
+        Self { leases: Mutex::default(), nodes: Mutex::default(), changes: watch::channel(0).0 }
     }
 }
 
@@ -881,9 +784,7 @@ pub fn lease_obs(l: &Lease, at: Instant, via: &'static str) -> LeaseObs {
         at,
         lease: l.metadata.name.clone().unwrap_or_default(),
         holder: spec.holder_identity.filter(|h| !h.is_empty()),
-        duration: spec
-            .lease_duration_seconds
-            .map(|s| Duration::from_secs(s.max(0) as u64)),
+        duration: spec.lease_duration_seconds.map(|s| Duration::from_secs(s.max(0) as u64)),
         renew_time: spec.renew_time.as_ref().and_then(|t| chrono_of(&t.0)),
         acquire_time: spec.acquire_time.as_ref().and_then(|t| chrono_of(&t.0)),
         transitions: spec.lease_transitions,
@@ -902,15 +803,9 @@ pub fn node_obs(n: &Node, at: Instant, via: &'static str) -> NodeObs {
     NodeObs {
         at,
         node: n.metadata.name.clone().unwrap_or_default(),
-        status: cond
-            .as_ref()
-            .map(|c| c.status.clone())
-            .unwrap_or_else(|| "absent".into()),
+        status: cond.as_ref().map(|c| c.status.clone()).unwrap_or_else(|| "absent".into()),
         reason: cond.as_ref().and_then(|c| c.reason.clone()).unwrap_or_default(),
-        last_transition: cond
-            .as_ref()
-            .and_then(|c| c.last_transition_time.as_ref())
-            .and_then(|t| chrono_of(&t.0)),
+        last_transition: cond.as_ref().and_then(|c| c.last_transition_time.as_ref()).and_then(|t| chrono_of(&t.0)),
         via,
     }
 }
@@ -1061,9 +956,7 @@ pub async fn run_lease_watch(
                     o.lease,
                     o.acquire_time.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()),
                     o.transitions.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                    o.duration
-                        .map(|d| d.as_secs().to_string())
-                        .unwrap_or_else(|| "-".into()),
+                    o.duration.map(|d| d.as_secs().to_string()).unwrap_or_else(|| "-".into()),
                 ),
                 None => format!("lease kube-system/{}: no holder (released)", o.lease),
             };
@@ -1116,35 +1009,19 @@ pub async fn run_node_watch(
         history.push_node(o);
     };
     let sel = WatchSelector::Labels(crate::target::discovery::CONTROL_PLANE_LABEL.to_string());
-    watch_loop(
-        api,
-        sel,
-        "control-plane nodes".into(),
-        NODE_IDLE,
-        timeout,
-        timeline,
-        seen,
-        stop,
-    )
-    .await;
+    watch_loop(api, sel, "control-plane nodes".into(), NODE_IDLE, timeout, timeline, seen, stop).await;
 }
 
 /// One direct read of a lease (the fallback when its watch is silent).
 pub async fn get_lease(client: &Client, name: &str, timeout: Duration) -> Result<LeaseObs, String> {
     let api: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
-    bounded(timeout, api.get(name))
-        .await
-        .map(|l| lease_obs(&l, Instant::now(), "get"))
-        .map_err(|(_, m)| m)
+    bounded(timeout, api.get(name)).await.map(|l| lease_obs(&l, Instant::now(), "get")).map_err(|(_, m)| m)
 }
 
 /// One direct read of a node (the fallback when the node watch is silent).
 pub async fn get_node(client: &Client, name: &str, timeout: Duration) -> Result<NodeObs, String> {
     let api: Api<Node> = Api::all(client.clone());
-    bounded(timeout, api.get(name))
-        .await
-        .map(|n| node_obs(&n, Instant::now(), "get"))
-        .map_err(|(_, m)| m)
+    bounded(timeout, api.get(name)).await.map(|n| node_obs(&n, Instant::now(), "get")).map_err(|(_, m)| m)
 }
 
 #[cfg(test)]

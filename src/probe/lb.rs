@@ -15,23 +15,16 @@ pub struct LbSample {
 
 /// Requests to `lb` for `total`, about ten a second, verifying the server against `ca_pem`;
 /// `on_fail` sees each failure as it happens.
-pub async fn sample(
-    lb: &str,
-    ca_pem: &[u8],
-    total: Duration,
-    mut on_fail: impl FnMut(&LbSample),
-) -> Vec<LbSample> {
+pub async fn sample(lb: &str, ca_pem: &[u8], total: Duration, mut on_fail: impl FnMut(&LbSample)) -> Vec<LbSample> {
     const DEADLINE: Duration = Duration::from_secs(3);
     let t0 = Instant::now();
     let mut out = Vec::new();
     while t0.elapsed() < total {
         let at = t0.elapsed().as_secs_f64();
         let s = match crate::tls::https_get(lb, ca_pem, None, DEADLINE, "/version").await {
-            Ok(a) if a.status.is_some_and(|c| (200..300).contains(&c)) => LbSample {
-                at,
-                ok: true,
-                what: format!("HTTP {}", a.status.unwrap_or(0)),
-            },
+            Ok(a) if a.status.is_some_and(|c| (200..300).contains(&c)) => {
+                LbSample { at, ok: true, what: format!("HTTP {}", a.status.unwrap_or(0)) }
+            }
             Ok(a) => LbSample {
                 at,
                 ok: false,
@@ -40,11 +33,7 @@ pub async fn sample(
                     None => a.handshake.to_string(),
                 },
             },
-            Err(e) => LbSample {
-                at,
-                ok: false,
-                what: e.to_string(),
-            },
+            Err(e) => LbSample { at, ok: false, what: e.to_string() },
         };
         if !s.ok {
             on_fail(&s);

@@ -3,8 +3,8 @@
 
 pub mod etcd;
 pub mod history;
-pub mod lb;
 pub mod kube;
+pub mod lb;
 pub mod quorum;
 mod timeline;
 

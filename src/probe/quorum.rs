@@ -82,7 +82,14 @@ pub enum ErrorKind {
 /// Classifies a put error from its gRPC code and message (etcd 3.4's texts).
 pub fn classify(code: Option<tonic::Code>, message: &str) -> ErrorKind {
     let m = message.to_ascii_lowercase();
-    let refused = ["connection refused", "tcp connect error", "no leader", "dns error", "error trying to connect", "not connected"];
+    let refused = [
+        "connection refused",
+        "tcp connect error",
+        "no leader",
+        "dns error",
+        "error trying to connect",
+        "not connected",
+    ];
     if refused.iter().any(|r| m.contains(r)) {
         return ErrorKind::NotApplied;
     }
@@ -107,7 +114,13 @@ fn classify_error(e: &etcd_client::Error) -> ErrorKind {
 }
 
 /// One put through one member, within `timeout`.
-pub async fn put_via(clients: &MemberClients, endpoint: &str, key: &str, value: &str, timeout: Duration) -> Result<i64, (ErrorKind, String)> {
+pub async fn put_via(
+    clients: &MemberClients,
+    endpoint: &str,
+    key: &str,
+    value: &str,
+    timeout: Duration,
+) -> Result<i64, (ErrorKind, String)> {
     let fut = async {
         let mut c = clients.client(endpoint).await.map_err(|e| (ErrorKind::NotApplied, e))?;
         match c.put(key, value, None).await {
@@ -189,7 +202,10 @@ pub async fn run_writes(
     let state = Arc::new(Mutex::new(Streak::default()));
     timeline.record(
         "probe:etcd-write",
-        format!("write probe started: {rate}/s under {}, {:?} per request, require-leader", history.prefix, cfg.timeout),
+        format!(
+            "write probe started: {rate}/s under {}, {:?} per request, require-leader",
+            history.prefix, cfg.timeout
+        ),
     );
     loop {
         tokio::select! {
@@ -212,7 +228,8 @@ pub async fn run_writes(
         });
     }
     // wait for the puts in flight (each bounded by its own deadline)
-    let _ = tokio::time::timeout(cfg.timeout + Duration::from_secs(2), inflight.acquire_many(max_inflight as u32)).await;
+    let _ =
+        tokio::time::timeout(cfg.timeout + Duration::from_secs(2), inflight.acquire_many(max_inflight as u32)).await;
     let ops = history.ops();
     let acks = ops.iter().filter(|o| o.outcome.is_ack()).count();
     timeline.record("probe:etcd-write", format!("write probe stopped: {} puts, {acks} acknowledged", ops.len()));
@@ -271,7 +288,9 @@ async fn one_write(
     let (member, outcome) = match (unknown, last) {
         (Some((ep, e)), _) => (clients.name_of(&ep), Outcome::Unknown { error: e }),
         (None, Some((ep, e))) => (clients.name_of(&ep), Outcome::Failed { error: e }),
-        (None, None) => (String::new(), Outcome::Unknown { error: format!("no member tried within {:?}", cfg.timeout) }),
+        (None, None) => {
+            (String::new(), Outcome::Unknown { error: format!("no member tried within {:?}", cfg.timeout) })
+        }
     };
     WriteOp { seq: n, key, value, start, end, start_wall, member, attempts, outcome }
 }
@@ -300,7 +319,11 @@ impl Streak {
                     op.end,
                     "probe:etcd-write",
                     match gap {
-                        Some(g) => format!("writes acknowledged again via {} ({} since the previous acknowledgement)", op.member, secs(g)),
+                        Some(g) => format!(
+                            "writes acknowledged again via {} ({} since the previous acknowledgement)",
+                            op.member,
+                            secs(g)
+                        ),
                         None => format!("first write acknowledged via {}", op.member),
                     },
                 );
@@ -312,7 +335,11 @@ impl Streak {
                 Outcome::Failed { error } | Outcome::Unknown { error } => error.as_str(),
                 _ => "",
             };
-            timeline.record_at(op.end, "probe:etcd-write", format!("write {} {} via {}: {err}", op.key, op.outcome.label(), op.member));
+            timeline.record_at(
+                op.end,
+                "probe:etcd-write",
+                format!("write {} {} via {}: {err}", op.key, op.outcome.label(), op.member),
+            );
         }
         self.acking = Some(ack);
     }
@@ -331,7 +358,8 @@ pub async fn run_status(
     timeline: Arc<Timeline>,
     stop: watch::Receiver<bool>,
 ) {
-    let names: BTreeMap<String, String> = clients.members.iter().map(|m| (m.endpoint.clone(), m.name.clone())).collect();
+    let names: BTreeMap<String, String> =
+        clients.members.iter().map(|m| (m.endpoint.clone(), m.name.clone())).collect();
     let names = Arc::new(names);
     // learn every member's id first, so the first lines already name the leader
     let first = futures::future::join_all(clients.members.iter().map(|m| status_via(&clients, &m.endpoint))).await;
@@ -381,14 +409,21 @@ pub async fn run_status(
                                     let who = ids.iter().find(|(_, id)| **id == s.leader).map(|(n, _)| n.clone());
                                     format!("leader {}", who.unwrap_or_else(|| format!("{:x}", s.leader)))
                                 };
-                                format!("{}: {leader}, term {}, index {}, revision {}", m.name, s.raft_term, s.raft_index, s.revision)
+                                format!(
+                                    "{}: {leader}, term {}, index {}, revision {}",
+                                    m.name, s.raft_term, s.raft_index, s.revision
+                                )
                             }
                             Err(e) => format!("{}: no status: {e}", m.name),
                         };
                         timeline.record_at(at, "probe:etcd-status", msg);
                     }
                     last = Some(now);
-                    history.push(StatusSample { at, member: names.get(&m.endpoint).cloned().unwrap_or_default(), result });
+                    history.push(StatusSample {
+                        at,
+                        member: names.get(&m.endpoint).cloned().unwrap_or_default(),
+                        result,
+                    });
                 }
             })
         })
@@ -448,7 +483,9 @@ pub async fn read_via(
         let kvs = r
             .kvs()
             .iter()
-            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), String::from_utf8_lossy(kv.value()).into_owned()))
+            .map(|kv| {
+                (String::from_utf8_lossy(kv.key()).into_owned(), String::from_utf8_lossy(kv.value()).into_owned())
+            })
             .collect();
         Ok::<_, String>((rev, kvs))
     };
@@ -459,7 +496,12 @@ pub async fn read_via(
 }
 
 /// Deletes every key under `prefix` through one member; returns how many were deleted.
-pub async fn delete_prefix_via(clients: &MemberClients, endpoint: &str, prefix: &str, timeout: Duration) -> Result<i64, String> {
+pub async fn delete_prefix_via(
+    clients: &MemberClients,
+    endpoint: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<i64, String> {
     let fut = async {
         let mut c = clients.client(endpoint).await?;
         let r = c.delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix())).await.map_err(|e| {
@@ -477,7 +519,12 @@ pub async fn delete_prefix_via(clients: &MemberClients, endpoint: &str, prefix: 
 }
 
 /// The KV hash of one member at `revision`.
-pub async fn hash_kv_via(clients: &MemberClients, endpoint: &str, revision: i64, timeout: Duration) -> Result<u32, String> {
+pub async fn hash_kv_via(
+    clients: &MemberClients,
+    endpoint: &str,
+    revision: i64,
+    timeout: Duration,
+) -> Result<u32, String> {
     let fut = async {
         let mut c = clients.client(endpoint).await?;
         let r = c.hash_kv(revision).await.map_err(|e| describe(&e))?;
@@ -496,7 +543,10 @@ mod tests {
     #[test]
     fn refusals_are_not_applied_timeouts_may_be() {
         assert_eq!(classify(Some(tonic::Code::Unavailable), "etcdserver: no leader"), ErrorKind::NotApplied);
-        assert_eq!(classify(None, "transport error: tcp connect error: Connection refused (os error 111)"), ErrorKind::NotApplied);
+        assert_eq!(
+            classify(None, "transport error: tcp connect error: Connection refused (os error 111)"),
+            ErrorKind::NotApplied
+        );
         assert_eq!(classify(Some(tonic::Code::Unavailable), "etcdserver: request timed out"), ErrorKind::MaybeApplied);
         assert_eq!(classify(Some(tonic::Code::Unavailable), "etcdserver: leader changed"), ErrorKind::MaybeApplied);
         assert_eq!(classify(Some(tonic::Code::DeadlineExceeded), "context deadline exceeded"), ErrorKind::MaybeApplied);
@@ -505,8 +555,10 @@ mod tests {
 
     #[test]
     fn rotation_puts_refusing_members_last() {
-        let members: Vec<Member> =
-            ["a", "b", "c"].iter().map(|n| Member { name: n.to_string(), endpoint: format!("https://{n}:2379") }).collect();
+        let members: Vec<Member> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Member { name: n.to_string(), endpoint: format!("https://{n}:2379") })
+            .collect();
         let r = Rotation { next: AtomicUsize::new(0), backoff_until: Mutex::new(BTreeMap::new()) };
         assert_eq!(r.order(&members)[0], "https://a:2379");
         assert_eq!(r.order(&members)[0], "https://b:2379");

@@ -29,7 +29,12 @@ pub fn summary(run: &RunRecord) -> String {
     let mut out = String::new();
     for r in run.cases.iter().filter(|r| r.verdict.is_failure()) {
         if let Verdict::Failed { message, evidence } | Verdict::Error { message, evidence } = &r.verdict {
-            out.push_str(&format!("\n--- {} {}\n{}\n", r.verdict.label(), r.full_name(), printable(message.trim_end())));
+            out.push_str(&format!(
+                "\n--- {} {}\n{}\n",
+                r.verdict.label(),
+                r.full_name(),
+                printable(message.trim_end())
+            ));
             if !evidence.trim().is_empty() {
                 out.push_str(&printable(evidence.trim_end()));
                 out.push('\n');
@@ -120,7 +125,10 @@ mod tests {
 
     #[test]
     fn case_line_is_one_line_without_controls() {
-        let l = case_line(&rec("x", Verdict::Failed { message: "\u{1b}[31mred\u{1b}[0m\u{0}".into(), evidence: String::new() }));
+        let l = case_line(&rec(
+            "x",
+            Verdict::Failed { message: "\u{1b}[31mred\u{1b}[0m\u{0}".into(), evidence: String::new() },
+        ));
         assert!(!l.contains('\n'));
         assert!(!l.chars().any(|c| c.is_control()), "{l:?}");
         assert!(l.ends_with("\\u{1b}[31mred\\u{1b}[0m\\u{0}"), "{l}");

@@ -73,7 +73,9 @@ fn suite_properties(run: &RunRecord) -> Vec<Property> {
 fn test_case(r: &CaseRecord) -> TestCase {
     let status = match &r.verdict {
         Verdict::Passed => TestCaseStatus::success(),
-        Verdict::Failed { message, evidence } => non_success(NonSuccessKind::Failure, FAILURE_TYPE, message, evidence, r),
+        Verdict::Failed { message, evidence } => {
+            non_success(NonSuccessKind::Failure, FAILURE_TYPE, message, evidence, r)
+        }
         Verdict::Error { message, evidence } => non_success(NonSuccessKind::Error, ERROR_TYPE, message, evidence, r),
         Verdict::Skipped { reason } => {
             let mut s = TestCaseStatus::skipped();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{
-    net, pki, process, status, Isolation, MemberState, RigError, RigSpec, RigState, DownReport, MARKER_FILE,
+    net, pki, process, status, DownReport, Isolation, MemberState, RigError, RigSpec, RigState, MARKER_FILE,
     STATE_FILE, TARGET_FILE,
 };
 use crate::fault::process as proc_;
@@ -182,12 +182,8 @@ async fn build(
     pki::create(&pki_paths, &with_ips).map_err(|source| RigError::Pki { dir: shown(dir), source })?;
 
     let url = |ip: IpAddr, port: u16| format!("https://{ip}:{port}");
-    let initial_cluster = names
-        .iter()
-        .zip(&places)
-        .map(|(n, p)| format!("{n}={}", url(p.0, p.2)))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial_cluster =
+        names.iter().zip(&places).map(|(n, p)| format!("{n}={}", url(p.0, p.2))).collect::<Vec<_>>().join(",");
     let token = format!("hadrill-{id}-{:08x}", rand::random::<u32>());
     let mut members = Vec::new();
     for (name, (addr, cport, pport, ns)) in names.iter().zip(&places) {
@@ -253,8 +249,11 @@ async fn build(
     };
     drop(held);
     for m in &mut st.members {
-        let (pid, start) = process::spawn_detached(&m.argv, &m.log)
-            .map_err(|source| RigError::Spawn { dir: shown(dir), member: m.name.clone(), source })?;
+        let (pid, start) = process::spawn_detached(&m.argv, &m.log).map_err(|source| RigError::Spawn {
+            dir: shown(dir),
+            member: m.name.clone(),
+            source,
+        })?;
         m.pid = pid;
         m.start_time = start;
     }
@@ -266,7 +265,8 @@ async fn build(
 
 /// Writes `rig.json` atomically (a reader sees the old or the new state, never half).
 pub fn write_state(st: &RigState) -> Result<(), RigError> {
-    let body = serde_json::to_vec_pretty(st).map_err(|e| RigError::Other { dir: shown(&st.dir), message: e.to_string() })?;
+    let body =
+        serde_json::to_vec_pretty(st).map_err(|e| RigError::Other { dir: shown(&st.dir), message: e.to_string() })?;
     write_atomic(&st.dir, &st.dir.join(STATE_FILE), &body)
 }
 
@@ -284,7 +284,11 @@ pub fn write_target(st: &RigState) -> Result<(), RigError> {
         kubeconfig: st.kube.as_ref().map(|k| k.admin_kubeconfig.clone()),
         ..Default::default()
     };
-    let body = format!("# written by `hadrill rig up`: hadrill run --config {}\n{}", st.dir.join(TARGET_FILE).display(), c.to_yaml());
+    let body = format!(
+        "# written by `hadrill rig up`: hadrill run --config {}\n{}",
+        st.dir.join(TARGET_FILE).display(),
+        c.to_yaml()
+    );
     write_atomic(&st.dir, &st.dir.join(TARGET_FILE), body.as_bytes())
 }
 
@@ -300,7 +304,8 @@ pub fn etcd_target(st: &RigState) -> Result<EtcdTarget, RigError> {
     let other = |m: String| RigError::Other { dir: shown(&st.dir), message: m };
     let tls = TlsMaterial::from_files(&st.ca_cert, Some(&st.client_cert), Some(&st.client_key))
         .map_err(|e| other(e.to_string()))?;
-    EtcdTarget::new(st.members.iter().map(|m| m.client_url.clone()).collect(), Some(tls)).map_err(|e| other(e.to_string()))
+    EtcdTarget::new(st.members.iter().map(|m| m.client_url.clone()).collect(), Some(tls))
+        .map_err(|e| other(e.to_string()))
 }
 
 fn not_ready(st: &RigState, member: &MemberState, message: String) -> RigError {
@@ -367,7 +372,9 @@ pub async fn health(st: &RigState) -> String {
     let mut out = String::from("health:\n");
     for m in &st.members {
         let line = match status_of(&target, &m.client_url).await {
-            Ok(s) if s.leader == s.member_id => format!("leader, term {}, db {} B, etcd {}", s.raft_term, s.db_size, s.version),
+            Ok(s) if s.leader == s.member_id => {
+                format!("leader, term {}, db {} B, etcd {}", s.raft_term, s.db_size, s.version)
+            }
             Ok(s) if s.leader == 0 => format!("no leader seen, term {}", s.raft_term),
             Ok(s) => format!("follower, term {}, db {} B, etcd {}", s.raft_term, s.db_size, s.version),
             Err(e) => format!("does not answer: {e}"),

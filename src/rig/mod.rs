@@ -212,10 +212,16 @@ pub fn status(dir: &Path) -> Result<RigState, RigError> {
             return Err(RigError::NoRig { dir: dir.display().to_string() })
         }
         Err(source) => {
-            return Err(RigError::Io { dir: dir.display().to_string(), what: "read", path: p.display().to_string(), source })
+            return Err(RigError::Io {
+                dir: dir.display().to_string(),
+                what: "read",
+                path: p.display().to_string(),
+                source,
+            })
         }
     };
-    serde_json::from_str(&text).map_err(|e| RigError::Corrupt { dir: dir.display().to_string(), message: e.to_string() })
+    serde_json::from_str(&text)
+        .map_err(|e| RigError::Corrupt { dir: dir.display().to_string(), message: e.to_string() })
 }
 
 /// Human-readable state: members, addresses, pids, logs.
@@ -277,7 +283,11 @@ fn describe_kube(k: &kube::KubeRigState) -> String {
         out.push_str(&format!("  {:<21} {}\n", h.name, h.log.display()));
     }
     out.push_str(&format!("API server (load balancer): {}\n", k.server));
-    out.push_str(&format!("admin kubeconfig: {} (kubectl --kubeconfig {} get --raw /readyz)\n", k.admin_kubeconfig.display(), k.admin_kubeconfig.display()));
+    out.push_str(&format!(
+        "admin kubeconfig: {} (kubectl --kubeconfig {} get --raw /readyz)\n",
+        k.admin_kubeconfig.display(),
+        k.admin_kubeconfig.display()
+    ));
     out.push_str(&format!("Kubernetes PKI: {} (kubeadm layout)\n", k.pki_dir.display()));
     out
 }

@@ -137,7 +137,8 @@ async fn lock() -> Result<Flock<File>, NetError> {
     let fail = |m: String| NetError::Lock { path: path.display().to_string(), message: m };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| fail(e.to_string()))?;
+        let f =
+            File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| fail(e.to_string()))?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(l) => return Ok(l),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
@@ -180,8 +181,24 @@ pub async fn create(id: &str, members: &[String]) -> Result<Built, NetError> {
         // br_netfilter hands bridged frames to the FORWARD chain (where Docker sets DROP):
         // let member-to-member traffic across our own bridge through
         let comment = rule_comment(id);
-        ip(&["iptables", "-w", "5", "-I", "FORWARD", "-i", &br, "-o", &br, "-m", "comment", "--comment", &comment, "-j", "ACCEPT"])
-            .await?;
+        ip(&[
+            "iptables",
+            "-w",
+            "5",
+            "-I",
+            "FORWARD",
+            "-i",
+            &br,
+            "-o",
+            &br,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "ACCEPT",
+        ])
+        .await?;
     }
     let mut out = Vec::new();
     for (i, m) in members.iter().enumerate() {
@@ -384,7 +401,20 @@ mod tests {
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
             d[0],
-            ["-D", "FORWARD", "-i", "hd00aa11-br", "-o", "hd00aa11-br", "-m", "comment", "--comment", "hadrill-rig hd00aa11", "-j", "ACCEPT"]
+            [
+                "-D",
+                "FORWARD",
+                "-i",
+                "hd00aa11-br",
+                "-o",
+                "hd00aa11-br",
+                "-m",
+                "comment",
+                "--comment",
+                "hadrill-rig hd00aa11",
+                "-j",
+                "ACCEPT"
+            ]
         );
         assert!(rule_deletions(listing, "hd00aa13").is_empty());
     }

@@ -192,16 +192,19 @@ impl Ca {
 
     /// A client certificate (EKU clientAuth) with the given window: the certs suite mints
     /// expired and not-yet-valid ones with this.
-    pub fn issue_client(&self, cn: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<Minted, PkiError> {
+    pub fn issue_client(
+        &self,
+        cn: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Minted, PkiError> {
         self.issue(cn, &[], &[ExtendedKeyUsagePurpose::ClientAuth], not_before, not_after)
     }
 }
 
 /// The SANs of a member's certificate: its address, loopback, `localhost` and its name.
 pub fn member_sans(name: &str, ip: IpAddr) -> Result<Vec<SanType>, PkiError> {
-    let dns = |s: &str| {
-        s.to_string().try_into().map(SanType::DnsName).map_err(gen(&format!("SAN {s}")))
-    };
+    let dns = |s: &str| s.to_string().try_into().map(SanType::DnsName).map_err(gen(&format!("SAN {s}")));
     let mut sans = vec![SanType::IpAddress(ip)];
     let lo: IpAddr = [127, 0, 0, 1].into();
     if ip != lo {
@@ -249,7 +252,8 @@ pub fn write_pair(cert: &Path, key: &Path, m: &Minted) -> Result<(), PkiError> {
 /// Writes a file with `mode` (set at creation, and again on an existing file).
 pub fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<(), PkiError> {
     let fail = |source| PkiError::Write { path: path.display().to_string(), source };
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(fail)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(fail)?;
     // an existing file keeps its mode through open(): set it
     f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
     f.write_all(body).map_err(fail)?;
@@ -321,7 +325,11 @@ mod tests {
     fn validity_window_is_backdated_and_bounded() {
         let (_d, paths) = built();
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        for (p, days) in [(paths.ca_cert(), CA_VALIDITY_DAYS), (paths.member_cert("m2"), LEAF_VALIDITY_DAYS), (paths.client_cert(), LEAF_VALIDITY_DAYS)] {
+        for (p, days) in [
+            (paths.ca_cert(), CA_VALIDITY_DAYS),
+            (paths.member_cert("m2"), LEAF_VALIDITY_DAYS),
+            (paths.client_cert(), LEAF_VALIDITY_DAYS),
+        ] {
             let der = parse(&std::fs::read_to_string(&p).unwrap());
             let (_, c) = X509Certificate::from_der(&der).unwrap();
             let nb = c.validity().not_before.timestamp();

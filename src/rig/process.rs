@@ -113,7 +113,8 @@ pub fn programs_with_arg(programs: &[&str], prefix: &str) -> Vec<(i32, u64, Stri
         let c = comm(pid).unwrap_or_default();
         let first = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
         // comm is cut at 15 characters (kube-controller-manager → kube-controller)
-        let Some(prog) = programs.iter().find(|p| **p == first || (!c.is_empty() && p.starts_with(c.as_str()) && c.len() >= 4))
+        let Some(prog) =
+            programs.iter().find(|p| **p == first || (!c.is_empty() && p.starts_with(c.as_str()) && c.len() >= 4))
         else {
             continue;
         };
@@ -168,8 +169,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("out.log");
         let marker = d.path().join("marker-arg");
-        let argv: Vec<String> =
-            ["sh", "-c", "echo started; exec sleep 30", marker.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> = ["sh", "-c", "echo started; exec sleep 30", marker.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let (pid, start) = spawn_detached(&argv, &log).unwrap();
         assert!(proc_::alive(pid, start));
         // not our child: its parent is not us, and it leads its own session's successor
@@ -204,9 +207,15 @@ mod tests {
         let log = d.path().join("l");
         let arg = |s: &str| s.to_string();
         // `sh -c 'sleep 60; :' x <arg>`: the shell stays (it does not exec its last command)
-        let a = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("{prefix}a.cfg")], &log).unwrap();
-        let b = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("--tls-cert-file={prefix}b.crt")], &log).unwrap();
-        let other = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), arg("/elsewhere/c")], &log).unwrap();
+        let a = spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("{prefix}a.cfg")], &log)
+            .unwrap();
+        let b = spawn_detached(
+            &[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), format!("--tls-cert-file={prefix}b.crt")],
+            &log,
+        )
+        .unwrap();
+        let other =
+            spawn_detached(&[arg("sh"), arg("-c"), arg("sleep 60; :"), arg("x"), arg("/elsewhere/c")], &log).unwrap();
         let found: Vec<i32> = programs_with_arg(&["sh"], &prefix).iter().map(|p| p.0).collect();
         let none = programs_with_arg(&["haproxy"], &prefix);
         stop_all(&[a, b, other], Duration::from_secs(5)).await;

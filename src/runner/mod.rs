@@ -62,10 +62,7 @@ pub fn all_cases(suites: &Suites) -> Vec<(Suite, Case)> {
 /// The cases `sel` selects (the same rules libtest-mimic applies), in declaration order.
 pub fn selected(suites: &Suites, sel: &Selection) -> Vec<(Suite, Case)> {
     let args = sel.arguments();
-    all_cases(suites)
-        .into_iter()
-        .filter(|(s, c)| !args.is_filtered_out(&bare_trial(s, c)))
-        .collect()
+    all_cases(suites).into_iter().filter(|(s, c)| !args.is_filtered_out(&bare_trial(s, c))).collect()
 }
 
 fn bare_trial(s: &Suite, c: &Case) -> Trial {
@@ -127,7 +124,10 @@ pub fn run(
         trials.push(
             Trial::ignorable_test(name.clone(), move || {
                 let bar = multi.add(ProgressBar::new_spinner());
-                bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
                 bar.set_message(name.clone());
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bars.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), bar.clone());
@@ -147,7 +147,9 @@ pub fn run(
                 let outcome = match &record.verdict {
                     Verdict::Passed => Ok(Completion::Completed),
                     Verdict::Skipped { reason } => Ok(Completion::ignored_with(reason)),
-                    Verdict::Failed { message, .. } | Verdict::Error { message, .. } => Err(Failed::from(message.as_str())),
+                    Verdict::Failed { message, .. } | Verdict::Error { message, .. } => {
+                        Err(Failed::from(message.as_str()))
+                    }
                 };
                 slots.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(record);
                 outcome

@@ -67,10 +67,8 @@ pub fn builtin() -> Result<Suites, LoadError> {
     let mut out = Suites::default();
     for f in files {
         let name = format!("suites/{}", f.path().display());
-        let text = f.contents_utf8().ok_or_else(|| LoadError::Syntax {
-            file: name.clone(),
-            message: "not UTF-8".into(),
-        })?;
+        let text =
+            f.contents_utf8().ok_or_else(|| LoadError::Syntax { file: name.clone(), message: "not UTF-8".into() })?;
         out.add(name.clone(), parse_suite_with(&name, text, false)?)?;
     }
     Ok(out)
@@ -107,7 +105,10 @@ fn parse_suite_with(file: &str, text: &str, allow_selftest: bool) -> Result<Suit
     let root: Value = serde_saphyr::from_str(text)
         .map_err(|e| LoadError::Syntax { file: file.clone(), message: one_line(&e.to_string()) })?;
     let Value::Object(mut map) = root else {
-        return Err(LoadError::Shape { file, message: "expected a mapping with `suite`, `description` and `cases`".into() });
+        return Err(LoadError::Shape {
+            file,
+            message: "expected a mapping with `suite`, `description` and `cases`".into(),
+        });
     };
     for key in map.keys() {
         if !matches!(key.as_str(), "suite" | "description" | "cases") {
@@ -120,7 +121,9 @@ fn parse_suite_with(file: &str, text: &str, allow_selftest: bool) -> Result<Suit
     let text_field = |map: &serde_json::Map<String, Value>, k: &str| -> Result<String, LoadError> {
         match map.get(k) {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
-            Some(_) => Err(LoadError::Shape { file: file.clone(), message: format!("field `{k}` must be a non-empty string") }),
+            Some(_) => {
+                Err(LoadError::Shape { file: file.clone(), message: format!("field `{k}` must be a non-empty string") })
+            }
             None => Err(LoadError::Shape { file: file.clone(), message: format!("missing field `{k}`") }),
         }
     };
@@ -140,11 +143,8 @@ fn parse_suite_with(file: &str, text: &str, allow_selftest: bool) -> Result<Suit
     }
     let mut cases: Vec<Case> = Vec::with_capacity(raw_cases.len());
     for (i, raw) in raw_cases.into_iter().enumerate() {
-        let case_name = raw
-            .get("name")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("#{}", i + 1));
+        let case_name =
+            raw.get("name").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| format!("#{}", i + 1));
         let case: Case = serde_path_to_error::deserialize(raw).map_err(|e| {
             let field = e.path().to_string();
             LoadError::Field {
@@ -175,7 +175,12 @@ fn validate_case(file: &str, case: &Case) -> Result<(), LoadError> {
         return Err(field_err(file, &case.name, "steps", "a case needs at least one step"));
     }
     if case.faults().next().is_some() && !case.disruptive {
-        return Err(field_err(file, &case.name, "disruptive", "a case that injects faults must say `disruptive: true`"));
+        return Err(field_err(
+            file,
+            &case.name,
+            "disruptive",
+            "a case that injects faults must say `disruptive: true`",
+        ));
     }
     Ok(())
 }
@@ -194,7 +199,10 @@ fn refuse_selftest(file: &str, case: &Case, allowed: bool) -> Result<(), LoadErr
         file,
         &case.name,
         &format!("steps[{i}].check.harness_selftest"),
-        &format!("a test-only check of hadrill's own tests, refused unless {}=1 (never in built-in suites)", crate::engine::selftest::ENV),
+        &format!(
+            "a test-only check of hadrill's own tests, refused unless {}=1 (never in built-in suites)",
+            crate::engine::selftest::ENV
+        ),
     ))
 }
 
@@ -209,7 +217,6 @@ fn is_ident(s: &str) -> bool {
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -272,7 +279,10 @@ mod tests {
             "st.yaml: case `ok`: field `steps[1].check.harness_selftest`: a test-only check of hadrill's own tests, refused unless HADRILL_SELFTEST=1 (never in built-in suites)"
         );
         let s = parse_suite_with("st.yaml", SELFTEST, true).unwrap();
-        assert_eq!(s.cases[0].steps[1], crate::suite::Step::Check(crate::suite::CheckSpec::HarnessSelftest(crate::suite::SelftestOutcome::Pass)));
+        assert_eq!(
+            s.cases[0].steps[1],
+            crate::suite::Step::Check(crate::suite::CheckSpec::HarnessSelftest(crate::suite::SelftestOutcome::Pass))
+        );
         let bad = SELFTEST.replace("harness_selftest: pass", "harness_selftest: explode");
         let e = parse_suite_with("st.yaml", &bad, true).unwrap_err().to_string();
         assert!(e.contains("case `ok`") && e.contains("explode"), "{e}");

@@ -319,7 +319,8 @@ pub fn etcd_topology(pods: &[StaticPod]) -> EtcdDiscovery {
     if apiservers.is_empty() {
         return EtcdDiscovery {
             topology: EtcdTopologyKind::Unknown,
-            reason: "no etcd and no kube-apiserver static pods in kube-system (not a kubeadm-style control plane?)".into(),
+            reason: "no etcd and no kube-apiserver static pods in kube-system (not a kubeadm-style control plane?)"
+                .into(),
             endpoints: vec![],
             members: vec![],
             apiserver_etcd_servers: servers,
@@ -356,8 +357,7 @@ fn to_chrono(ts: &k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
 
 fn node_info(n: &Node) -> ControlPlaneNode {
     let status = n.status.clone().unwrap_or_default();
-    let addresses =
-        status.addresses.unwrap_or_default().into_iter().map(|a| (a.type_, a.address)).collect::<Vec<_>>();
+    let addresses = status.addresses.unwrap_or_default().into_iter().map(|a| (a.type_, a.address)).collect::<Vec<_>>();
     let ready_cond = status.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Ready");
     ControlPlaneNode {
         name: n.metadata.name.clone().unwrap_or_default(),
@@ -381,10 +381,7 @@ fn static_pod(p: &Pod) -> Option<StaticPod> {
     let argv: Vec<String> =
         c.command.clone().unwrap_or_default().into_iter().chain(c.args.clone().unwrap_or_default()).collect();
     let status = p.status.clone().unwrap_or_default();
-    let ready = status
-        .container_statuses
-        .as_ref()
-        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|s| s.ready));
+    let ready = status.container_statuses.as_ref().is_some_and(|cs| !cs.is_empty() && cs.iter().all(|s| s.ready));
     Some(StaticPod {
         name: p.metadata.name.clone().unwrap_or_default(),
         node: spec.node_name.clone().unwrap_or_default(),
@@ -434,10 +431,8 @@ fn apiserver_endpoints(slices: &[EndpointSlice], nodes: &[ControlPlaneNode]) -> 
         for e in s.endpoints.iter().flatten() {
             let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             for a in &e.addresses {
-                let node = e
-                    .node_name
-                    .clone()
-                    .or_else(|| nodes.iter().find(|n| n.has_address(a)).map(|n| n.name.clone()));
+                let node =
+                    e.node_name.clone().or_else(|| nodes.iter().find(|n| n.has_address(a)).map(|n| n.name.clone()));
                 out.insert((a.clone(), port), ApiserverEndpoint { address: a.clone(), port, ready, node });
             }
         }
@@ -518,15 +513,10 @@ pub async fn discover(client: &Client, server: &str) -> Result<Discovery, Discov
         Ok(Ok(v)) => v.git_version,
     };
     let nodes: Api<Node> = Api::all(client.clone());
-    let nodes = bounded(
-        "list",
-        "nodes",
-        "",
-        "cluster-wide",
-        nodes.list(&ListParams::default().labels(CONTROL_PLANE_LABEL)),
-    )
-    .await?
-    .items;
+    let nodes =
+        bounded("list", "nodes", "", "cluster-wide", nodes.list(&ListParams::default().labels(CONTROL_PLANE_LABEL)))
+            .await?
+            .items;
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let slices = bounded(
         "list",
@@ -550,7 +540,8 @@ pub async fn discover(client: &Client, server: &str) -> Result<Discovery, Discov
     let leases_api: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
     let mut leases = Vec::new();
     for name in LEASES {
-        let l = bounded("get", "leases", "coordination.k8s.io", "namespace kube-system", leases_api.get_opt(name)).await?;
+        let l =
+            bounded("get", "leases", "coordination.k8s.io", "namespace kube-system", leases_api.get_opt(name)).await?;
         leases.push((name.to_string(), l));
     }
     Ok(assemble(server, Some(version), &nodes, &slices, &pods, &leases))
@@ -564,7 +555,11 @@ fn ago(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
     match t {
         Some(t) => {
             let d = now.signed_duration_since(t);
-            format!("{} ({:.1}s ago)", t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), d.num_milliseconds() as f64 / 1000.0)
+            format!(
+                "{} ({:.1}s ago)",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                d.num_milliseconds() as f64 / 1000.0
+            )
         }
         None => "never".into(),
     }
@@ -667,7 +662,11 @@ pub fn render(d: &Discovery, now: DateTime<Utc>) -> String {
 }
 
 /// `plan`'s Kubernetes section: what discovery found and the node access of each node.
-pub fn plan_text(d: &Discovery, node_access: Option<&crate::node::select::NodeAccessConfig>, now: DateTime<Utc>) -> String {
+pub fn plan_text(
+    d: &Discovery,
+    node_access: Option<&crate::node::select::NodeAccessConfig>,
+    now: DateTime<Utc>,
+) -> String {
     let mut o = render(d, now);
     let default = crate::node::select::NodeAccessConfig::default();
     o.push_str("  node access:\n");

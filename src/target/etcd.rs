@@ -100,16 +100,13 @@ impl EtcdTarget {
                 .strip_prefix("https://")
                 .or_else(|| e.strip_prefix("http://"))
                 .ok_or_else(|| EtcdError::Config(format!("etcd endpoint `{e}` must start with https:// or http://")))?;
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| EtcdError::Config(format!("etcd endpoint `{e}` has no port")))?;
+            let (host, port) =
+                rest.rsplit_once(':').ok_or_else(|| EtcdError::Config(format!("etcd endpoint `{e}` has no port")))?;
             if host.is_empty() || port.parse::<u16>().is_err() {
                 return Err(EtcdError::Config(format!("etcd endpoint `{e}` is not scheme://host:port")));
             }
             if e.starts_with("https://") && tls.is_none() {
-                return Err(EtcdError::Config(format!(
-                    "etcd endpoint `{e}` is https but no --etcd-cacert was given"
-                )));
+                return Err(EtcdError::Config(format!("etcd endpoint `{e}` is https but no --etcd-cacert was given")));
             }
             norm.push(e);
         }
@@ -187,4 +184,3 @@ pub fn is_unavailable(e: &etcd_client::Error) -> bool {
         _ => false,
     }
 }
-

@@ -54,10 +54,8 @@ impl KubeTarget {
     /// Nothing is contacted.
     pub async fn load(path: &Path, context: Option<&str>) -> Result<Self, KubeError> {
         let shown = path.display().to_string();
-        let kc = Kubeconfig::read_from(path).map_err(|e| KubeError::Kubeconfig {
-            path: shown.clone(),
-            message: crate::exit::chain(&e),
-        })?;
+        let kc = Kubeconfig::read_from(path)
+            .map_err(|e| KubeError::Kubeconfig { path: shown.clone(), message: crate::exit::chain(&e) })?;
         let ctx_name = match context {
             Some(c) => c.to_string(),
             None => kc.current_context.clone().ok_or_else(|| KubeError::Kubeconfig {

@@ -232,7 +232,12 @@ impl Ca {
         p.serial_number = Some(rand::random::<[u8; 16]>().map(|b| b & 0x7f).to_vec().into());
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(sign)?;
         let cert = p.signed_by(&spki, &issuer).map_err(sign)?;
-        Ok(Minted { cert_pem: cert.pem(), key_pem: String::new(), not_before: trunc(not_before), not_after: trunc(not_after) })
+        Ok(Minted {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
+            not_before: trunc(not_before),
+            not_after: trunc(not_after),
+        })
     }
 }
 

@@ -37,9 +37,7 @@ pub fn not_found(what: &str) -> String {
 }
 
 pub fn version_json(git: &str) -> String {
-    let minor = hadrill::check::skew::parse_minor(git)
-        .map(|m| m.1)
-        .unwrap_or(0);
+    let minor = hadrill::check::skew::parse_minor(git).map(|m| m.1).unwrap_or(0);
     format!(
         r#"{{"major":"1","minor":"{minor}","gitVersion":"{git}","gitCommit":"4b8e819355d791d96b7e9d9efe4cbafae2311c88","gitTreeState":"clean","buildDate":"2024-02-14T10:32:40Z","goVersion":"go1.21.7","compiler":"gc","platform":"linux/amd64"}}"#
     )
@@ -98,30 +96,16 @@ impl ClientCertVerifier for RequestClientCert {
 
 fn cn(der: &CertificateDer<'_>) -> String {
     let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
-    let name = c
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let name = c.subject().iter_common_name().next().and_then(|a| a.as_str().ok()).unwrap_or("").to_string();
     name
 }
 
 /// A serving certificate for the doubles, valid for `window`, with the loopback SANs.
-pub fn serving(
-    ca: &Ca,
-    window: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
-) -> (String, String) {
+pub fn serving(ca: &Ca, window: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)) -> (String, String) {
     let m = ca
         .issue(&LeafSpec {
             common_name: "kube-apiserver".into(),
-            sans: vec![
-                "127.0.0.1".into(),
-                "127.0.0.2".into(),
-                "127.0.0.3".into(),
-                "localhost".into(),
-            ],
+            sans: vec!["127.0.0.1".into(), "127.0.0.2".into(), "127.0.0.3".into(), "localhost".into()],
             usage: Usage::Server,
             not_before: window.0,
             not_after: window.1,
@@ -140,15 +124,11 @@ struct FromFiles {
 }
 
 impl rustls::server::ResolvesServerCert for FromFiles {
-    fn resolve(
-        &self,
-        _: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         let cert = std::fs::read_to_string(&self.cert).ok()?;
         let key = std::fs::read_to_string(&self.key).ok()?;
-        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.as_bytes())
-            .collect::<Result<_, _>>()
-            .ok()?;
+        let certs: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<_, _>>().ok()?;
         let key = rustls_pemfile::private_key(&mut key.as_bytes()).ok()??;
         let signer = self.provider.key_provider.load_private_key(key).ok()?;
         Some(Arc::new(rustls::sign::CertifiedKey::new(certs, signer)))
@@ -165,12 +145,9 @@ pub fn start(
     routes: Routes,
 ) -> String {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut serving.0.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut serving.1.as_bytes())
-        .unwrap()
-        .unwrap();
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut serving.0.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = rustls_pemfile::private_key(&mut serving.1.as_bytes()).unwrap().unwrap();
     let config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -190,11 +167,7 @@ pub fn start_from_files(
     routes: Routes,
 ) -> String {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = FromFiles {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        provider: provider.clone(),
-    };
+    let resolver = FromFiles { cert: cert.to_path_buf(), key: key.to_path_buf(), provider: provider.clone() };
     let config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -214,17 +187,8 @@ fn serve(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let mut roots = RootCertStore::empty();
-    roots
-        .add(
-            rustls_pemfile::certs(&mut ca.cert_pem().as_bytes())
-                .next()
-                .unwrap()
-                .unwrap(),
-        )
-        .unwrap();
-    let authenticator = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .unwrap();
+    roots.add(rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().unwrap().unwrap()).unwrap();
+    let authenticator = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let listener = TcpListener::from_std(listener).unwrap();
@@ -235,12 +199,8 @@ fn serve(
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (acceptor, authenticator, routes, version) = (
-                acceptor.clone(),
-                authenticator.clone(),
-                routes.clone(),
-                version.clone(),
-            );
+            let (acceptor, authenticator, routes, version) =
+                (acceptor.clone(), authenticator.clone(), routes.clone(), version.clone());
             tokio::spawn(async move {
                 let Ok(mut s) = acceptor.accept(tcp).await else {
                     return;
@@ -249,20 +209,12 @@ fn serve(
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
                 let target = req.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let chain: Vec<CertificateDer<'static>> = s
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .map(|c| c.to_vec())
-                    .unwrap_or_default();
+                let chain: Vec<CertificateDer<'static>> =
+                    s.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
                 let user = match chain.split_first() {
                     None => Ok("system:anonymous".to_string()),
                     Some((leaf, rest)) => {
-                        if careless
-                            || authenticator
-                                .verify_client_cert(leaf, rest, UnixTime::now())
-                                .is_ok()
-                        {
+                        if careless || authenticator.verify_client_cert(leaf, rest, UnixTime::now()).is_ok() {
                             Ok(cn(leaf))
                         } else {
                             Err(())
@@ -271,9 +223,7 @@ fn serve(
                 };
                 let (code, body) = match user {
                     Err(()) => (401, UNAUTHORIZED.to_string()),
-                    Ok(_) if target == "/version" || target.starts_with("/version?") => {
-                        (200, version)
-                    }
+                    Ok(_) if target == "/version" || target.starts_with("/version?") => (200, version),
                     Ok(u) if u == "system:anonymous" => (403, forbidden(&u)),
                     Ok(u) => routes(&target, &u).unwrap_or_else(|| (403, forbidden(&u))),
                 };
@@ -312,20 +262,12 @@ impl Drop for Haproxy {
 }
 
 pub fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
-    if std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("haproxy").arg("-v").output().is_err() {
         eprintln!("haproxy not installed (ci/install-deps.sh): skipping");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let servers: String = backends
         .iter()
         .enumerate()
@@ -338,17 +280,8 @@ pub fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
     );
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
-    let check = std::process::Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "haproxy -c: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    let check = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap();
+    assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
     let child = std::process::Command::new("haproxy")
         .arg("-db")
         .arg("-f")
@@ -357,17 +290,10 @@ pub fn haproxy(backends: &[&str], server_check: &str) -> Option<Haproxy> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let h = Haproxy {
-        child,
-        _dir: dir,
-        url: format!("https://127.0.0.1:{port}"),
-    };
+    let h = Haproxy { child, _dir: dir, url: format!("https://127.0.0.1:{port}") };
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "haproxy did not listen within 10s"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "haproxy did not listen within 10s");
         std::thread::sleep(Duration::from_millis(50));
     }
     Some(h)

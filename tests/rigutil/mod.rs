@@ -104,7 +104,9 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
         let state = hadrill::fault::process::stat(pid).map(|s| s.1).unwrap_or('X');
-        let ours = ["etcd", "haproxy", "kube-apiserver", "kube-controller-manager", "kube-scheduler"].iter().any(|p| cmd.contains(p));
+        let ours = ["etcd", "haproxy", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+            .iter()
+            .any(|p| cmd.contains(p));
         if ours && cmd.contains(&needle) && state != 'Z' {
             left.push(format!("pid {pid}: {cmd}"));
         }

@@ -60,17 +60,9 @@ fn api_available_within_budget_passes_with_measurements() {
     let ops = history(t0, 10_000, Some((3_000, 3_400)));
     let c = api_available(&ops, t0, ms(t0, 2_000), ms(t0, 10_000), Duration::from_secs(3));
     assert!(c.passed, "{}", c.message);
-    let m = c
-        .measurements
-        .iter()
-        .find(|m| m.name == "kube_api_disruption_reused")
-        .unwrap();
+    let m = c.measurements.iter().find(|m| m.name == "kube_api_disruption_reused").unwrap();
     assert_eq!((m.value, m.bound), (0.4, Some(3.0)));
-    let f = c
-        .measurements
-        .iter()
-        .find(|m| m.name == "kube_api_failed_requests_fresh")
-        .unwrap();
+    let f = c.measurements.iter().find(|m| m.name == "kube_api_failed_requests_fresh").unwrap();
     assert_eq!(f.value, 2.0);
 }
 
@@ -80,11 +72,7 @@ fn api_disruption_over_budget_fails_naming_figure_and_bound() {
     let ops = history(t0, 12_000, Some((3_000, 7_200)));
     let c = api_available(&ops, t0, ms(t0, 2_000), ms(t0, 12_000), Duration::from_secs(3));
     assert!(!c.passed);
-    assert!(
-        c.message.contains("unavailable for 4.200s over a reused connection"),
-        "{}",
-        c.message
-    );
+    assert!(c.message.contains("unavailable for 4.200s over a reused connection"), "{}", c.message);
     assert!(c.message.contains("budget 3.000s"), "{}", c.message);
     assert!(c.message.contains("503 ServiceUnavailable"), "{}", c.message);
     assert!(c.evidence.contains("+3.000s → +7.200s"), "{}", c.evidence);
@@ -96,11 +84,7 @@ fn api_still_failing_at_the_end_fails_even_when_short() {
     let ops = history(t0, 4_000, Some((3_800, 99_000)));
     let c = api_available(&ops, t0, ms(t0, 1_000), ms(t0, 4_000), Duration::from_secs(3));
     assert!(!c.passed);
-    assert!(
-        c.message.contains("still failing at the end of the window"),
-        "{}",
-        c.message
-    );
+    assert!(c.message.contains("still failing at the end of the window"), "{}", c.message);
 }
 
 #[test]
@@ -129,39 +113,21 @@ fn a_takeover_within_the_bound_passes_and_is_measured() {
     let t0 = Instant::now();
     // the controller-manager does not release its lease on SIGTERM: the next holder waits out
     // the lease (about 17s on a real 1.26 control plane)
-    let obs: Vec<LeaseObs> = (0..=10)
-        .map(|i| lease(t0, i * 2_000, Some("cp-2_a")))
-        .chain([lease(t0, 27_100, Some("cp-1_b"))])
-        .collect();
+    let obs: Vec<LeaseObs> =
+        (0..=10).map(|i| lease(t0, i * 2_000, Some("cp-2_a"))).chain([lease(t0, 27_100, Some("cp-1_b"))]).collect();
     let bound = Duration::from_secs(15 + 2 + 5);
-    let c = lease_takeover(
-        &obs,
-        "kube-controller-manager",
-        t0,
-        ms(t0, 10_000),
-        ms(t0, 30_000),
-        bound,
-        "15s + 2s + 5s",
-    );
+    let c = lease_takeover(&obs, "kube-controller-manager", t0, ms(t0, 10_000), ms(t0, 30_000), bound, "15s + 2s + 5s");
     assert!(c.passed, "{}", c.message);
     assert_eq!(c.measurements[0].name, "lease_takeover_kube_controller_manager");
     assert_eq!((c.measurements[0].value, c.measurements[0].bound), (17.1, Some(22.0)));
-    assert!(
-        c.message.contains("from cp-2_a to cp-1_b 17.100s after the fault"),
-        "{}",
-        c.message
-    );
+    assert!(c.message.contains("from cp-2_a to cp-1_b 17.100s after the fault"), "{}", c.message);
 }
 
 #[test]
 fn a_released_lease_counts_from_the_new_holder_not_the_release() {
     let t0 = Instant::now();
     // the scheduler releases on SIGTERM: the holder goes empty, then another takes it (≈3s)
-    let obs = vec![
-        lease(t0, 0, Some("cp-1_a")),
-        lease(t0, 10_100, None),
-        lease(t0, 13_000, Some("cp-3_c")),
-    ];
+    let obs = vec![lease(t0, 0, Some("cp-1_a")), lease(t0, 10_100, None), lease(t0, 13_000, Some("cp-3_c"))];
     let c = lease_takeover(
         &obs,
         "kube-controller-manager",
@@ -190,8 +156,7 @@ fn a_takeover_too_slow_fails_naming_figure_and_bound() {
     );
     assert!(!c.passed);
     assert!(
-        c.message
-            .contains("only 30.000s after the fault; bound 22.000s (leaseDurationSeconds 15s"),
+        c.message.contains("only 30.000s after the fault; bound 22.000s (leaseDurationSeconds 15s"),
         "{}",
         c.message
     );
@@ -213,8 +178,7 @@ fn a_lease_never_taken_over_fails_with_how_long_it_waited() {
     );
     assert!(!c.passed);
     assert!(
-        c.message
-            .contains("still held by cp-2_a 33.000s after the fault stopped cp-2_a; bound 22.000s"),
+        c.message.contains("still held by cp-2_a 33.000s after the fault stopped cp-2_a; bound 22.000s"),
         "{}",
         c.message
     );
@@ -228,11 +192,7 @@ fn a_lease_never_taken_over_fails_with_how_long_it_waited() {
         Duration::from_secs(22),
         "b",
     );
-    assert!(
-        !c.passed && c.message.contains("not observed before the fault"),
-        "{}",
-        c.message
-    );
+    assert!(!c.passed && c.message.contains("not observed before the fault"), "{}", c.message);
 }
 
 fn node(t0: Instant, at: u64, name: &str, status: &str) -> NodeObs {
@@ -240,11 +200,7 @@ fn node(t0: Instant, at: u64, name: &str, status: &str) -> NodeObs {
         at: ms(t0, at),
         node: name.into(),
         status: status.into(),
-        reason: if status == "True" {
-            "KubeletReady".into()
-        } else {
-            "NodeStatusUnknown".into()
-        },
+        reason: if status == "True" { "KubeletReady".into() } else { "NodeStatusUnknown".into() },
         last_transition: None,
         via: "watch",
     }
@@ -253,11 +209,7 @@ fn node(t0: Instant, at: u64, name: &str, status: &str) -> NodeObs {
 #[test]
 fn a_node_not_ready_within_grace_passes() {
     let t0 = Instant::now();
-    let obs = vec![
-        node(t0, 0, "cp-1", "True"),
-        node(t0, 0, "cp-2", "True"),
-        node(t0, 52_000, "cp-2", "Unknown"),
-    ];
+    let obs = vec![node(t0, 0, "cp-1", "True"), node(t0, 0, "cp-2", "True"), node(t0, 52_000, "cp-2", "Unknown")];
     let c = node_not_ready(
         &obs,
         Some("cp-2"),
@@ -275,11 +227,7 @@ fn a_node_not_ready_within_grace_passes() {
 fn a_node_still_ready_fails_naming_figure_and_bound() {
     let t0 = Instant::now();
     // another node going NotReady does not count for the one the fault hit
-    let obs = vec![
-        node(t0, 0, "cp-1", "True"),
-        node(t0, 0, "cp-2", "True"),
-        node(t0, 20_000, "cp-1", "Unknown"),
-    ];
+    let obs = vec![node(t0, 0, "cp-1", "True"), node(t0, 0, "cp-2", "True"), node(t0, 20_000, "cp-1", "Unknown")];
     let c = node_not_ready(
         &obs,
         Some("cp-2"),
@@ -296,36 +244,12 @@ fn a_node_still_ready_fails_naming_figure_and_bound() {
     );
     // late
     let obs = vec![node(t0, 0, "cp-2", "True"), node(t0, 70_000, "cp-2", "Unknown")];
-    let c = node_not_ready(
-        &obs,
-        Some("cp-2"),
-        t0,
-        ms(t0, 10_000),
-        ms(t0, 71_000),
-        Duration::from_secs(50),
-        "b",
-    );
-    assert!(
-        !c.passed && c.message.contains("only 60.000s after the fault"),
-        "{}",
-        c.message
-    );
+    let c = node_not_ready(&obs, Some("cp-2"), t0, ms(t0, 10_000), ms(t0, 71_000), Duration::from_secs(50), "b");
+    assert!(!c.passed && c.message.contains("only 60.000s after the fault"), "{}", c.message);
     // already NotReady before the fault: nothing to measure
     let obs = vec![node(t0, 0, "cp-2", "False")];
-    let c = node_not_ready(
-        &obs,
-        Some("cp-2"),
-        t0,
-        ms(t0, 10_000),
-        ms(t0, 11_000),
-        Duration::from_secs(50),
-        "b",
-    );
-    assert!(
-        !c.passed && c.message.contains("already Ready=False before the fault"),
-        "{}",
-        c.message
-    );
+    let c = node_not_ready(&obs, Some("cp-2"), t0, ms(t0, 10_000), ms(t0, 11_000), Duration::from_secs(50), "b");
+    assert!(!c.passed && c.message.contains("already Ready=False before the fault"), "{}", c.message);
 }
 
 #[test]
@@ -357,10 +281,8 @@ fn apiservers_ready_names_the_failing_checks() {
             answer(e, "/readyz", Ok((200, "readyz check passed"))),
         ]
     };
-    let all: Vec<HealthAnswer> = ["https://10.0.0.11:6443", "https://10.0.0.12:6443"]
-        .iter()
-        .flat_map(|e| ok(e))
-        .collect();
+    let all: Vec<HealthAnswer> =
+        ["https://10.0.0.11:6443", "https://10.0.0.12:6443"].iter().flat_map(|e| ok(e)).collect();
     let c = apiservers_ready(&all);
     assert!(c.passed, "{}", c.message);
     let mut bad = ok("https://10.0.0.11:6443");
@@ -368,16 +290,9 @@ fn apiservers_ready_names_the_failing_checks() {
     bad.push(answer(
         "https://10.0.0.12:6443",
         "/readyz",
-        Ok((
-            500,
-            "[+]ping ok\n[-]etcd failed: reason withheld\n[+]etcd-readiness ok\nreadyz check failed",
-        )),
+        Ok((500, "[+]ping ok\n[-]etcd failed: reason withheld\n[+]etcd-readiness ok\nreadyz check failed")),
     ));
-    bad.push(answer(
-        "https://10.0.0.13:6443",
-        "/livez",
-        Err("tcp connect error: Connection refused (os error 111)"),
-    ));
+    bad.push(answer("https://10.0.0.13:6443", "/livez", Err("tcp connect error: Connection refused (os error 111)")));
     let c = apiservers_ready(&bad);
     assert!(!c.passed);
     assert!(
@@ -387,12 +302,7 @@ fn apiservers_ready_names_the_failing_checks() {
         "{}",
         c.message
     );
-    assert!(
-        c.message
-            .contains("https://10.0.0.13:6443 (node cp-2) /livez: tcp connect error"),
-        "{}",
-        c.message
-    );
+    assert!(c.message.contains("https://10.0.0.13:6443 (node cp-2) /livez: tcp connect error"), "{}", c.message);
     assert_eq!((c.measurements[0].value, c.measurements[0].bound), (1.0, Some(3.0)));
     assert!(!apiservers_ready(&[]).passed);
 }

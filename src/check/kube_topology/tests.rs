@@ -28,7 +28,11 @@ fn two_or_four_control_plane_nodes_fail() {
     extra.name = "cp-4".into();
     four.nodes.push(extra);
     let c = control_plane_count(&four, 3, true);
-    assert!(!c.passed && c.message.contains("expected an odd number") && c.message.contains("tolerate 1 failure"), "{}", c.message);
+    assert!(
+        !c.passed && c.message.contains("expected an odd number") && c.message.contains("tolerate 1 failure"),
+        "{}",
+        c.message
+    );
 }
 
 #[test]
@@ -67,13 +71,25 @@ fn san_matching_follows_the_rules() {
 #[test]
 fn serving_cert_sans_must_cover_the_server_host() {
     // kubeadm's apiserver SANs: node name, kubernetes.default…, service IP, advertise address
-    let kubeadm: Vec<String> = ["DNS:cp-1", "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local", "IP:10.96.0.1", "IP:10.0.0.11"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let kubeadm: Vec<String> = [
+        "DNS:cp-1",
+        "DNS:kubernetes",
+        "DNS:kubernetes.default",
+        "DNS:kubernetes.default.svc",
+        "DNS:kubernetes.default.svc.cluster.local",
+        "IP:10.96.0.1",
+        "IP:10.0.0.11",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let c = serving_cert_covers(&kubeadm, "10.0.0.10", "https://10.0.0.10:6443");
     assert!(!c.passed);
-    assert!(c.message.contains("no SAN") && c.message.contains("10.0.0.10") && c.message.contains("certSANs"), "{}", c.message);
+    assert!(
+        c.message.contains("no SAN") && c.message.contains("10.0.0.10") && c.message.contains("certSANs"),
+        "{}",
+        c.message
+    );
     assert!(c.evidence.contains("IP:10.0.0.11"));
     let mut with_lb = kubeadm.clone();
     with_lb.push("IP:10.0.0.10".into());
@@ -93,7 +109,13 @@ fn fresh_leases_pass() {
 fn a_stale_lease_fails_with_its_age_and_duration() {
     let c = leases_renewed(&d(), at("2024-03-04T10:02:28Z"));
     assert!(!c.passed);
-    assert!(c.message.contains("kube-scheduler: held by cp-1_") && c.message.contains("15.1s ago") && c.message.contains("lease duration 15s"), "{}", c.message);
+    assert!(
+        c.message.contains("kube-scheduler: held by cp-1_")
+            && c.message.contains("15.1s ago")
+            && c.message.contains("lease duration 15s"),
+        "{}",
+        c.message
+    );
     assert!(!c.message.contains("kube-controller-manager"), "{}", c.message);
 }
 
@@ -104,7 +126,12 @@ fn missing_or_unheld_leases_fail() {
     x.leases[1].holder = None;
     let c = leases_renewed(&x, at("2024-03-04T10:02:20Z"));
     assert!(!c.passed);
-    assert!(c.message.contains("kube-controller-manager: the lease does not exist") && c.message.contains("kube-scheduler: no holder"), "{}", c.message);
+    assert!(
+        c.message.contains("kube-controller-manager: the lease does not exist")
+            && c.message.contains("kube-scheduler: no holder"),
+        "{}",
+        c.message
+    );
 }
 
 #[test]
@@ -125,7 +152,10 @@ fn grace_period_defaults_change_at_1_32_and_the_flag_wins() {
     assert_eq!(node_monitor_grace_period(&none, "v1.29.2"), Ok(Duration::from_secs(40)));
     assert_eq!(node_monitor_grace_period(&none, "v1.31.4"), Ok(Duration::from_secs(40)));
     assert_eq!(node_monitor_grace_period(&none, "v1.32.0"), Ok(Duration::from_secs(50)));
-    assert_eq!(node_monitor_grace_period(&none, "registry.k8s.io/kube-controller-manager:v1.33.1"), Ok(Duration::from_secs(50)));
+    assert_eq!(
+        node_monitor_grace_period(&none, "registry.k8s.io/kube-controller-manager:v1.33.1"),
+        Ok(Duration::from_secs(50))
+    );
     assert_eq!(node_monitor_grace_period(&none, "v1.32.2-eks-7f2b3c1"), Ok(Duration::from_secs(50)));
     let flag: IndexMap<String, String> = [("node-monitor-grace-period".to_string(), "1m0s".to_string())].into();
     assert_eq!(node_monitor_grace_period(&flag, "v1.29.2"), Ok(Duration::from_secs(60)));
@@ -150,6 +180,10 @@ fn not_ready_within_grace_plus_slack() {
     let s = Duration::from_secs(10);
     assert!(node_not_ready_within("cp-1", Some(Duration::from_secs(44)), g, s).passed);
     let late = node_not_ready_within("cp-1", Some(Duration::from_secs(73)), g, s);
-    assert!(!late.passed && late.message.contains("73.0s") && late.message.contains("grace 40s + slack 10s"), "{}", late.message);
+    assert!(
+        !late.passed && late.message.contains("73.0s") && late.message.contains("grace 40s + slack 10s"),
+        "{}",
+        late.message
+    );
     assert!(!node_not_ready_within("cp-1", None, g, s).passed);
 }

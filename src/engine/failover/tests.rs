@@ -59,12 +59,8 @@ fn cluster(kcm_duration: i32) -> Cluster {
     let (nodes, node_script) = Script::new();
     let routes = Arc::new(kubeadm_routes("pods-kube-system-stacked.json"));
     let handler: Handler = Arc::new(move |r: Req| {
-        let (routes, kcm_script, sched_script, node_script) = (
-            routes.clone(),
-            kcm_script.clone(),
-            sched_script.clone(),
-            node_script.clone(),
-        );
+        let (routes, kcm_script, sched_script, node_script) =
+            (routes.clone(), kcm_script.clone(), sched_script.clone(), node_script.clone());
         Box::pin(async move {
             let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
             if r.path == leases {
@@ -87,12 +83,7 @@ fn cluster(kcm_duration: i32) -> Cluster {
                 };
                 return Ok((
                     200,
-                    list_json(
-                        "LeaseList",
-                        "coordination.k8s.io/v1",
-                        100,
-                        vec![lease_json(name, holder, d, 100, 2)],
-                    ),
+                    list_json("LeaseList", "coordination.k8s.io/v1", 100, vec![lease_json(name, holder, d, 100, 2)]),
                 ));
             }
             if r.path == "/api/v1/nodes" && r.is_watch() {
@@ -101,10 +92,7 @@ fn cluster(kcm_duration: i32) -> Cluster {
             if let Some(n) = r.path.strip_prefix("/api/v1/nodes/") {
                 return Ok((200, node_json(n, "True", 48300).to_string()));
             }
-            match routes
-                .iter()
-                .find(|x| x.path == r.path && x.query.as_ref().is_none_or(|q| r.has(q)))
-            {
+            match routes.iter().find(|x| x.path == r.path && x.query.as_ref().is_none_or(|q| r.has(q))) {
                 Some(x) => Ok((x.status, x.body.clone())),
                 None => Ok((404, status(404, "NotFound", &format!("{} not found", r.path)))),
             }
@@ -116,13 +104,7 @@ fn cluster(kcm_duration: i32) -> Cluster {
 async fn watching(c: &Cluster, name: &str) -> (CaseState, tokio::task::JoinHandle<()>) {
     let (client, fresh, _, _, task) = scripted(c.handler.clone());
     let mut st = state(name);
-    st.probes.kube = Some(KubeProbes::new(
-        client,
-        fresh,
-        None,
-        "https://10.0.0.10:6443".into(),
-        st.timeline.clone(),
-    ));
+    st.probes.kube = Some(KubeProbes::new(client, fresh, None, "https://10.0.0.10:6443".into(), st.timeline.clone()));
     probe(&ctx(), &ProbeSpec::KubeWatch, &mut st)
         .await
         .expect("a kube probe")
@@ -150,33 +132,16 @@ async fn lease_takeover_is_measured_from_the_fault_to_the_new_holder() {
     let kcm = c.kcm.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        kcm.send(events(&[(
-            "MODIFIED",
-            lease_json("kube-controller-manager", "cp-1_77aa", 15, 140, 3),
-        )]))
-        .unwrap();
+        kcm.send(events(&[("MODIFIED", lease_json("kube-controller-manager", "cp-1_77aa", 15, 140, 3))])).unwrap();
     });
-    let spec = AwaitSpec::LeaseTakeover {
-        component: Component::ControllerManager,
-        slack: Duration::from_secs(5),
-    };
-    await_(&ctx(), &spec, &mut st)
-        .await
-        .unwrap()
-        .unwrap_or_else(|_| panic!("takeover within the bound"));
-    let m = st
-        .measurements
-        .iter()
-        .find(|m| m.name == "lease_takeover_kube_controller_manager")
-        .unwrap();
+    let spec = AwaitSpec::LeaseTakeover { component: Component::ControllerManager, slack: Duration::from_secs(5) };
+    await_(&ctx(), &spec, &mut st).await.unwrap().unwrap_or_else(|_| panic!("takeover within the bound"));
+    let m = st.measurements.iter().find(|m| m.name == "lease_takeover_kube_controller_manager").unwrap();
     assert!(m.value >= 0.3 && m.value < 2.0, "{m:?}");
     // leaseDurationSeconds 15 (from the Lease) + the default retry period 2s + slack 5s
     assert_eq!(m.bound, Some(22.0));
     let text = Timeline::render(&st.timeline.events());
-    assert!(
-        text.contains("moved from cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55 to cp-1_77aa"),
-        "{text}"
-    );
+    assert!(text.contains("moved from cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55 to cp-1_77aa"), "{text}");
     st.probes.stop_all().await;
 }
 
@@ -186,23 +151,11 @@ async fn a_lease_not_taken_over_fails_with_the_bound_it_comes_from() {
     let c = cluster(1);
     let (mut st, _t) = watching(&c, "failover::controller_manager_leader_takeover").await;
     st.last_fault_at = Some(Instant::now());
-    let spec = AwaitSpec::LeaseTakeover {
-        component: Component::ControllerManager,
-        slack: Duration::ZERO,
-    };
+    let spec = AwaitSpec::LeaseTakeover { component: Component::ControllerManager, slack: Duration::ZERO };
     let t = Instant::now();
     let f = failed(await_(&ctx(), &spec, &mut st).await.unwrap());
-    assert!(
-        t.elapsed() >= Duration::from_millis(4400),
-        "watched past the bound: {:?}",
-        t.elapsed()
-    );
-    assert!(
-        f.message
-            .contains("still held by cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55"),
-        "{}",
-        f.message
-    );
+    assert!(t.elapsed() >= Duration::from_millis(4400), "watched past the bound: {:?}", t.elapsed());
+    assert!(f.message.contains("still held by cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55"), "{}", f.message);
     assert!(
         f.message.contains("bound 3.000s (leaseDurationSeconds 1s (from the Lease) + --leader-elect-retry-period default 2s + slack 0s)"),
         "{}",
@@ -216,10 +169,7 @@ async fn the_scheduler_has_a_lease_and_the_apiserver_has_none() {
     let c = cluster(15);
     let (mut st, _t) = watching(&c, "failover::x").await;
     st.last_fault_at = Some(Instant::now());
-    let spec = AwaitSpec::LeaseTakeover {
-        component: Component::Apiserver,
-        slack: Duration::ZERO,
-    };
+    let spec = AwaitSpec::LeaseTakeover { component: Component::Apiserver, slack: Duration::ZERO };
     match await_(&ctx(), &spec, &mut st).await.unwrap() {
         Err(StepEnd::Error(m)) => assert!(m.contains("kube-apiserver holds no leader-election lease"), "{m}"),
         _ => panic!("expected an error"),
@@ -236,35 +186,17 @@ async fn node_not_ready_waits_on_the_watch_for_the_faulted_node() {
     let nodes = c.nodes.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        nodes
-            .send(events(&[("MODIFIED", node_json("cp-3", "Unknown", 48301))]))
-            .unwrap();
+        nodes.send(events(&[("MODIFIED", node_json("cp-3", "Unknown", 48301))])).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        nodes
-            .send(events(&[("MODIFIED", node_json("cp-2", "Unknown", 48302))]))
-            .unwrap();
+        nodes.send(events(&[("MODIFIED", node_json("cp-2", "Unknown", 48302))])).unwrap();
     });
     // the bound from the cluster: 1.29's default grace 40s + slack 10s
-    let spec = AwaitSpec::NodeNotReady {
-        within: None,
-        slack: Duration::from_secs(10),
-    };
-    await_(&ctx(), &spec, &mut st)
-        .await
-        .unwrap()
-        .unwrap_or_else(|_| panic!("cp-2 NotReady"));
-    let m = st
-        .measurements
-        .iter()
-        .find(|m| m.name == "node_not_ready_after")
-        .unwrap();
+    let spec = AwaitSpec::NodeNotReady { within: None, slack: Duration::from_secs(10) };
+    await_(&ctx(), &spec, &mut st).await.unwrap().unwrap_or_else(|_| panic!("cp-2 NotReady"));
+    let m = st.measurements.iter().find(|m| m.name == "node_not_ready_after").unwrap();
     assert!(m.value >= 0.4 && m.value < 3.0, "cp-3 does not count: {m:?}");
     assert_eq!(m.bound, Some(50.0));
-    assert!(st
-        .timeline
-        .events()
-        .iter()
-        .any(|e| e.message.contains("node cp-2 Ready=Unknown (NodeStatusUnknown)")));
+    assert!(st.timeline.events().iter().any(|e| e.message.contains("node cp-2 Ready=Unknown (NodeStatusUnknown)")));
     st.probes.stop_all().await;
 }
 
@@ -274,17 +206,10 @@ async fn a_node_that_stays_ready_fails_naming_how_long_and_the_bound() {
     let (mut st, _t) = watching(&c, "failover::kubelet_stop_node_not_ready").await;
     st.last_fault_at = Some(Instant::now());
     st.faulted_members = vec!["cp-2".into()];
-    let spec = AwaitSpec::NodeNotReady {
-        within: Some(Duration::from_secs(1)),
-        slack: Duration::from_secs(10),
-    };
+    let spec = AwaitSpec::NodeNotReady { within: Some(Duration::from_secs(1)), slack: Duration::from_secs(10) };
     let f = failed(await_(&ctx(), &spec, &mut st).await.unwrap());
     assert!(f.message.starts_with("node cp-2 still Ready 1.5"), "{}", f.message);
-    assert!(
-        f.message.ends_with("bound 1.000s (as the suite sets it)"),
-        "{}",
-        f.message
-    );
+    assert!(f.message.ends_with("bound 1.000s (as the suite sets it)"), "{}", f.message);
     st.probes.stop_all().await;
 }
 
@@ -297,19 +222,12 @@ fn grace_and_retry_periods_come_from_the_static_pods_flags_or_the_defaults() {
     ));
     let (g, why) = grace_with_source(&d).unwrap();
     assert_eq!(g, Duration::from_secs(40));
-    assert!(
-        why.contains("default for registry.k8s.io/kube-controller-manager:v1.29.2"),
-        "{why}"
-    );
+    assert!(why.contains("default for registry.k8s.io/kube-controller-manager:v1.29.2"), "{why}");
     assert_eq!(
         retry_period(&d, Component::Scheduler, Some("cp-1")),
         (Duration::from_secs(2), "--leader-elect-retry-period default 2s".into())
     );
-    for p in d
-        .static_pods
-        .iter_mut()
-        .filter(|p| p.component == "kube-controller-manager")
-    {
+    for p in d.static_pods.iter_mut().filter(|p| p.component == "kube-controller-manager") {
         p.flags.insert("node-monitor-grace-period".into(), "20s".into());
         if p.node == "cp-2" {
             p.flags.insert("leader-elect-retry-period".into(), "5s".into());
@@ -318,10 +236,7 @@ fn grace_and_retry_periods_come_from_the_static_pods_flags_or_the_defaults() {
     let (g, why) = grace_with_source(&d).unwrap();
     assert_eq!(g, Duration::from_secs(20));
     assert!(why.contains("--node-monitor-grace-period=20s"), "{why}");
-    assert_eq!(
-        retry_period(&d, Component::ControllerManager, Some("cp-2")).0,
-        Duration::from_secs(5)
-    );
+    assert_eq!(retry_period(&d, Component::ControllerManager, Some("cp-2")).0, Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -338,87 +253,41 @@ async fn the_api_probe_runs_in_a_scratch_namespace_and_judges_the_disruption() {
     });
     let (client, fresh, _, _, _t) = scripted(handler);
     let mut st = state("failover::apiserver_stop_lb_routes_around");
-    st.probes.kube = Some(KubeProbes::new(
-        client,
-        fresh,
-        None,
-        "https://10.0.0.10:6443".into(),
-        st.timeline.clone(),
-    ));
-    let spec = ProbeSpec::KubeApi {
-        per_second: 20,
-        timeout: Duration::from_millis(500),
-    };
-    probe(&ctx(), &spec, &mut st)
-        .await
-        .unwrap()
-        .unwrap_or_else(|_| panic!("API probe starts"));
+    st.probes.kube = Some(KubeProbes::new(client, fresh, None, "https://10.0.0.10:6443".into(), st.timeline.clone()));
+    let spec = ProbeSpec::KubeApi { per_second: 20, timeout: Duration::from_millis(500) };
+    probe(&ctx(), &spec, &mut st).await.unwrap().unwrap_or_else(|_| panic!("API probe starts"));
     let ns = st.probes.kube.as_ref().unwrap().namespace.clone().unwrap();
     assert!(ns.starts_with("hadrill-"), "{ns}");
-    await_(
-        &ctx(),
-        &AwaitSpec::KubeApiAnswers {
-            count: 5,
-            within: Duration::from_secs(5),
-        },
-        &mut st,
-    )
-    .await
-    .unwrap()
-    .unwrap_or_else(|_| panic!("answers"));
+    await_(&ctx(), &AwaitSpec::KubeApiAnswers { count: 5, within: Duration::from_secs(5) }, &mut st)
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("answers"));
     // the "fault": the API answers 503 for a while
     st.last_fault_at = Some(Instant::now());
     mode.store(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(700)).await; // the outage the test stages
     mode.store(0, Ordering::SeqCst);
-    await_(
-        &ctx(),
-        &AwaitSpec::KubeApiAnswers {
-            count: 3,
-            within: Duration::from_secs(5),
-        },
-        &mut st,
-    )
-    .await
-    .unwrap()
-    .unwrap_or_else(|_| panic!("answers again"));
-    let ok = check(
-        &ctx(),
-        &CheckSpec::KubeApiAvailable {
-            max_disruption: Duration::from_secs(3),
-        },
-        &mut st,
-    )
-    .await
-    .unwrap()
-    .unwrap_or_else(|_| panic!("check runs"));
+    await_(&ctx(), &AwaitSpec::KubeApiAnswers { count: 3, within: Duration::from_secs(5) }, &mut st)
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("answers again"));
+    let ok = check(&ctx(), &CheckSpec::KubeApiAvailable { max_disruption: Duration::from_secs(3) }, &mut st)
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("check runs"));
     assert!(ok.passed, "{}", ok.message);
-    let d = ok
-        .measurements
-        .iter()
-        .find(|m| m.name == "kube_api_disruption_fresh")
-        .unwrap();
+    let d = ok.measurements.iter().find(|m| m.name == "kube_api_disruption_fresh").unwrap();
     assert!(d.value >= 0.5 && d.value <= 1.5, "{d:?}");
-    let bad = check(
-        &ctx(),
-        &CheckSpec::KubeApiAvailable {
-            max_disruption: Duration::from_millis(200),
-        },
-        &mut st,
-    )
-    .await
-    .unwrap()
-    .unwrap_or_else(|_| panic!("check runs"));
+    let bad = check(&ctx(), &CheckSpec::KubeApiAvailable { max_disruption: Duration::from_millis(200) }, &mut st)
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("check runs"));
     assert!(!bad.passed);
     assert!(bad.message.contains("budget 0.200s"), "{}", bad.message);
     // the end of the case: probes stop, the scratch namespace goes
     st.probes.stop_all().await;
     assert_eq!(deletes.lock().unwrap().as_slice(), [format!("/api/v1/namespaces/{ns}")]);
-    assert!(st
-        .timeline
-        .events()
-        .iter()
-        .any(|e| e.message == format!("scratch namespace {ns} deleted")));
+    assert!(st.timeline.events().iter().any(|e| e.message == format!("scratch namespace {ns} deleted")));
 }
 
 #[tokio::test]
@@ -443,69 +312,38 @@ async fn a_namespace_that_cannot_be_deleted_is_recorded_not_hidden() {
     let mut k = KubeProbes::new(client, fresh, None, "https://lb:6443".into(), tl.clone());
     k.namespace = Some("hadrill-x".into());
     let e = k.cleanup().await.unwrap_err();
-    assert!(
-        e.contains("delete namespace hadrill-x: 403 Forbidden") && e.contains("hadrill recover"),
-        "{e}"
-    );
-    assert!(tl
-        .events()
-        .iter()
-        .any(|ev| ev.source == "cleanup" && ev.message.contains("403 Forbidden")));
+    assert!(e.contains("delete namespace hadrill-x: 403 Forbidden") && e.contains("hadrill recover"), "{e}");
+    assert!(tl.events().iter().any(|ev| ev.source == "cleanup" && ev.message.contains("403 Forbidden")));
 }
 
 #[tokio::test]
 async fn the_serving_certificate_must_cover_the_server_host() {
     let answer = |_: &str| (200, "ok".to_string());
     let good = tls_double(&["127.0.0.1", "kubernetes.default"], answer).await;
-    let c = cert_covers_server(&good.url, None, Duration::from_secs(3))
-        .await
-        .unwrap();
+    let c = cert_covers_server(&good.url, None, Duration::from_secs(3)).await.unwrap();
     assert!(c.passed, "{}", c.message);
-    assert!(
-        c.message.contains("SAN IP:127.0.0.1 covers the server host 127.0.0.1"),
-        "{}",
-        c.message
-    );
+    assert!(c.message.contains("SAN IP:127.0.0.1 covers the server host 127.0.0.1"), "{}", c.message);
 
     let bad = tls_double(&["10.9.9.9", "lb.example.com"], answer).await;
-    let c = cert_covers_server(&bad.url, None, Duration::from_secs(3))
-        .await
-        .unwrap();
+    let c = cert_covers_server(&bad.url, None, Duration::from_secs(3)).await.unwrap();
     assert!(!c.passed);
-    assert!(
-        c.message.contains("covers the server host 127.0.0.1 (2 SANs)"),
-        "{}",
-        c.message
-    );
-    assert!(
-        c.evidence.contains("DNS:lb.example.com") && c.evidence.contains("IP:10.9.9.9"),
-        "{}",
-        c.evidence
-    );
+    assert!(c.message.contains("covers the server host 127.0.0.1 (2 SANs)"), "{}", c.message);
+    assert!(c.evidence.contains("DNS:lb.example.com") && c.evidence.contains("IP:10.9.9.9"), "{}", c.evidence);
     // a kubeconfig with tls-server-name verifies that name instead of the host
-    let c = cert_covers_server(&bad.url, Some("lb.example.com"), Duration::from_secs(3))
-        .await
-        .unwrap();
+    let c = cert_covers_server(&bad.url, Some("lb.example.com"), Duration::from_secs(3)).await.unwrap();
     assert!(c.passed, "{}", c.message);
     // nothing listening: an error, not a verdict
     let gone = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    assert!(
-        cert_covers_server(&format!("https://{gone}"), None, Duration::from_secs(1))
-            .await
-            .is_err()
-    );
+    assert!(cert_covers_server(&format!("https://{gone}"), None, Duration::from_secs(1)).await.is_err());
 }
 
 #[tokio::test]
 async fn apiservers_ready_reads_each_endpoint_over_verified_tls() {
     // test doubles of two apiserver endpoints: one healthy, one whose etcd is gone
-    let healthy = tls_double(&["127.0.0.1"], |p| {
-        (200, format!("[+]ping ok\n{} check passed\n", &p[1..]))
-    })
-    .await;
+    let healthy = tls_double(&["127.0.0.1"], |p| (200, format!("[+]ping ok\n{} check passed\n", &p[1..]))).await;
     let sick = tls_double(&["127.0.0.1"], |p| {
         if p == "/readyz" {
             (500, READYZ_ETCD_FAILED.to_string())
@@ -520,16 +358,8 @@ async fn apiservers_ready_reads_each_endpoint_over_verified_tls() {
     // each double has its own CA: trust the sick one's to reach it
     let cfg = config_for(&sick.url, &sick.ca_pem);
     let t = Instant::now();
-    let c = ready_check(
-        &cfg,
-        &[(sick.url.clone(), Some("cp-2".into()))],
-        Some(Duration::from_millis(800)),
-    )
-    .await;
-    assert!(
-        t.elapsed() >= Duration::from_millis(800),
-        "kept asking until the deadline"
-    );
+    let c = ready_check(&cfg, &[(sick.url.clone(), Some("cp-2".into()))], Some(Duration::from_millis(800))).await;
+    assert!(t.elapsed() >= Duration::from_millis(800), "kept asking until the deadline");
     assert!(!c.passed);
     assert!(
         c.message.contains(&format!(
@@ -564,10 +394,7 @@ fn the_kubelet_requirement_skips_the_rig_and_kubelet_less_targets() {
             has_kubeadm: false,
         })
         .unwrap();
-    assert_eq!(
-        kubelet_available(&t).unwrap_err(),
-        "needs control-plane nodes with a kubelet: rig /tmp/r has none"
-    );
+    assert_eq!(kubelet_available(&t).unwrap_err(), "needs control-plane nodes with a kubelet: rig /tmp/r has none");
 }
 
 #[tokio::test]
@@ -577,56 +404,27 @@ async fn e2e_api_probe_and_watches_on_a_real_cluster() {
         return;
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let k = crate::target::kube::KubeTarget::load(std::path::Path::new(&path), None)
-        .await
-        .unwrap();
-    let cert = cert_covers_server(&k.server, k.config.tls_server_name.as_deref(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let k = crate::target::kube::KubeTarget::load(std::path::Path::new(&path), None).await.unwrap();
+    let cert =
+        cert_covers_server(&k.server, k.config.tls_server_name.as_deref(), Duration::from_secs(5)).await.unwrap();
     eprintln!("serving certificate: {}", cert.message);
-    let t = Target {
-        kube: Some(k),
-        ..Default::default()
-    };
+    let t = Target { kube: Some(k), ..Default::default() };
     let mut c = ctx();
     c.target = Arc::new(t);
     let mut st = state("failover::e2e");
-    probe(&c, &ProbeSpec::KubeWatch, &mut st)
+    probe(&c, &ProbeSpec::KubeWatch, &mut st).await.unwrap().unwrap_or_else(|_| panic!("watches start"));
+    probe(&c, &ProbeSpec::KubeApi { per_second: 5, timeout: Duration::from_secs(2) }, &mut st)
         .await
         .unwrap()
-        .unwrap_or_else(|_| panic!("watches start"));
-    probe(
-        &c,
-        &ProbeSpec::KubeApi {
-            per_second: 5,
-            timeout: Duration::from_secs(2),
-        },
-        &mut st,
-    )
-    .await
-    .unwrap()
-    .unwrap_or_else(|_| panic!("API probe starts"));
-    await_(
-        &c,
-        &AwaitSpec::KubeApiAnswers {
-            count: 5,
-            within: Duration::from_secs(20),
-        },
-        &mut st,
-    )
-    .await
-    .unwrap()
-    .unwrap_or_else(|_| panic!("answers"));
-    let ok = check(
-        &c,
-        &CheckSpec::KubeApiAvailable {
-            max_disruption: Duration::from_secs(3),
-        },
-        &mut st,
-    )
-    .await
-    .unwrap()
-    .unwrap_or_else(|_| panic!("check runs"));
+        .unwrap_or_else(|_| panic!("API probe starts"));
+    await_(&c, &AwaitSpec::KubeApiAnswers { count: 5, within: Duration::from_secs(20) }, &mut st)
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("answers"));
+    let ok = check(&c, &CheckSpec::KubeApiAvailable { max_disruption: Duration::from_secs(3) }, &mut st)
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| panic!("check runs"));
     assert!(ok.passed, "{}", ok.message);
     let ready = check(&c, &CheckSpec::KubeApiserversReady { within: None }, &mut st)
         .await
@@ -650,15 +448,10 @@ async fn play(spec: &crate::suite::FaultSpec, c: &Cluster, api_mode: &Arc<Atomic
             let nodes = c.nodes.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                nodes
-                    .send(events(&[("MODIFIED", node_json("cp-3", "Unknown", 48310))]))
-                    .unwrap();
+                nodes.send(events(&[("MODIFIED", node_json("cp-3", "Unknown", 48310))])).unwrap();
             });
         }
-        FaultSpec::ComponentStop {
-            component: Component::Apiserver,
-            ..
-        } => {
+        FaultSpec::ComponentStop { component: Component::Apiserver, .. } => {
             let mode = api_mode.clone();
             mode.store(1, Ordering::SeqCst);
             tokio::spawn(async move {
@@ -666,18 +459,12 @@ async fn play(spec: &crate::suite::FaultSpec, c: &Cluster, api_mode: &Arc<Atomic
                 mode.store(0, Ordering::SeqCst);
             });
         }
-        FaultSpec::ComponentStop {
-            component: Component::ControllerManager,
-            ..
-        } => {
+        FaultSpec::ComponentStop { component: Component::ControllerManager, .. } => {
             let kcm = c.kcm.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                kcm.send(events(&[(
-                    "MODIFIED",
-                    lease_json("kube-controller-manager", "cp-3_1b2c", 15, 150, 3),
-                )]))
-                .unwrap();
+                kcm.send(events(&[("MODIFIED", lease_json("kube-controller-manager", "cp-3_1b2c", 15, 150, 3))]))
+                    .unwrap();
             });
         }
         other => panic!("no play for {other:?}"),
@@ -691,11 +478,8 @@ async fn play(spec: &crate::suite::FaultSpec, c: &Cluster, api_mode: &Arc<Atomic
 async fn the_builtin_failover_cases_compose_on_the_scripted_cluster() {
     let suites = crate::suite::builtin().unwrap();
     let suite = suites.get("failover").expect("the failover suite is built in");
-    for name in [
-        "kubelet_stop_node_not_ready",
-        "apiserver_stop_lb_routes_around",
-        "controller_manager_leader_takeover",
-    ] {
+    for name in ["kubelet_stop_node_not_ready", "apiserver_stop_lb_routes_around", "controller_manager_leader_takeover"]
+    {
         let case = suite.cases.iter().find(|c| c.name == name).unwrap();
         let c = cluster(15);
         let mode = Arc::new(AtomicUsize::new(0));
@@ -711,13 +495,8 @@ async fn the_builtin_failover_cases_compose_on_the_scripted_cluster() {
         });
         let (client, fresh, _, seen, _t) = scripted(handler);
         let mut st = state(&format!("failover::{name}"));
-        st.probes.kube = Some(KubeProbes::new(
-            client,
-            fresh,
-            None,
-            "https://10.0.0.10:6443".into(),
-            st.timeline.clone(),
-        ));
+        st.probes.kube =
+            Some(KubeProbes::new(client, fresh, None, "https://10.0.0.10:6443".into(), st.timeline.clone()));
         let ctx = ctx();
         for step in &case.steps {
             match step {
@@ -751,11 +530,7 @@ async fn the_builtin_failover_cases_compose_on_the_scripted_cluster() {
                 )
             }
             "apiserver_stop_lb_routes_around" => {
-                let d = st
-                    .measurements
-                    .iter()
-                    .find(|m| m.name == "kube_api_disruption_fresh")
-                    .unwrap();
+                let d = st.measurements.iter().find(|m| m.name == "kube_api_disruption_fresh").unwrap();
                 assert!(d.value > 0.2 && d.bound == Some(3.0), "{d:?}");
             }
             _ => assert!(names.contains(&"lease_takeover_kube_controller_manager"), "{names:?}"),
@@ -767,10 +542,7 @@ async fn the_builtin_failover_cases_compose_on_the_scripted_cluster() {
             .events()
             .iter()
             .any(|e| e.message.starts_with("scratch namespace") && e.message.ends_with("deleted"));
-        let uses_api = case
-            .steps
-            .iter()
-            .any(|s| matches!(s, Step::Probe(ProbeSpec::KubeApi { .. })));
+        let uses_api = case.steps.iter().any(|s| matches!(s, Step::Probe(ProbeSpec::KubeApi { .. })));
         assert_eq!(
             ns_made,
             uses_api,
@@ -786,12 +558,8 @@ fn rbac_covers(seen: &[String]) {
     use k8s_openapi::api::rbac::v1::ClusterRole;
     let mut rules = Vec::new();
     for f in ["hadrill-readonly.yaml", "hadrill-failover.yaml"] {
-        let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("docs/rbac")
-                .join(f),
-        )
-        .unwrap();
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rbac").join(f))
+            .unwrap();
         let role: ClusterRole = serde_saphyr::from_str(&text).unwrap();
         rules.extend(role.rules.unwrap());
     }
@@ -862,17 +630,8 @@ async fn a_refused_namespace_is_an_error_and_not_deleted_a_lost_answer_is_cleane
         });
         let (client, fresh, _, _, _t) = scripted(handler);
         let mut st = state("failover::x");
-        st.probes.kube = Some(KubeProbes::new(
-            client,
-            fresh,
-            None,
-            "https://lb:6443".into(),
-            st.timeline.clone(),
-        ));
-        let spec = ProbeSpec::KubeApi {
-            per_second: 5,
-            timeout: Duration::from_secs(1),
-        };
+        st.probes.kube = Some(KubeProbes::new(client, fresh, None, "https://lb:6443".into(), st.timeline.clone()));
+        let spec = ProbeSpec::KubeApi { per_second: 5, timeout: Duration::from_secs(1) };
         match probe(&ctx(), &spec, &mut st).await.unwrap() {
             Err(StepEnd::Error(m)) => assert!(m.starts_with("create namespace hadrill-"), "{m}"),
             _ => panic!("expected a harness error"),
@@ -903,23 +662,14 @@ async fn watches_that_cannot_list_are_a_harness_error_naming_why() {
     });
     let (client, fresh, _, _, _t) = scripted(handler);
     let mut st = state("failover::x");
-    st.probes.kube = Some(KubeProbes::new(
-        client,
-        fresh,
-        None,
-        "https://10.0.0.10:6443".into(),
-        st.timeline.clone(),
-    ));
+    st.probes.kube = Some(KubeProbes::new(client, fresh, None, "https://10.0.0.10:6443".into(), st.timeline.clone()));
     match probe(&ctx(), &ProbeSpec::KubeWatch, &mut st).await.unwrap() {
         Err(StepEnd::Error(m)) => {
             assert!(
                 m.contains("did not list 3 node(s) and the leases kube-controller-manager, kube-scheduler within 10s"),
                 "{m}"
             );
-            assert!(
-                m.contains("403 Forbidden: leases.coordination.k8s.io is forbidden"),
-                "{m}"
-            );
+            assert!(m.contains("403 Forbidden: leases.coordination.k8s.io is forbidden"), "{m}");
         }
         _ => panic!("expected a harness error"),
     }

@@ -41,13 +41,7 @@ pub(crate) type Handler = Arc<dyn Fn(Req) -> BoxFuture<'static, Reply> + Send + 
 #[allow(clippy::type_complexity)]
 pub(crate) fn scripted(
     handler: Handler,
-) -> (
-    Client,
-    ClientFactory,
-    Arc<AtomicUsize>,
-    Arc<Mutex<Vec<String>>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (Client, ClientFactory, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
@@ -66,14 +60,7 @@ pub(crate) fn scripted(
                     .await
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
-                match handler(Req {
-                    method,
-                    path,
-                    query,
-                    body,
-                })
-                .await
-                {
+                match handler(Req { method, path, query, body }).await {
                     Ok((status, body)) => send.send_response(
                         Response::builder()
                             .status(StatusCode::from_u16(status).unwrap())
@@ -147,21 +134,13 @@ pub(crate) fn list_json(kind: &str, api_version: &str, rv: u64, items: Vec<serde
 
 /// A watch response body: one JSON event per line, as the API streams them.
 pub(crate) fn events(evs: &[(&str, serde_json::Value)]) -> String {
-    evs.iter()
-        .map(|(t, o)| serde_json::json!({"type": t, "object": o}).to_string() + "\n")
-        .collect()
+    evs.iter().map(|(t, o)| serde_json::json!({"type": t, "object": o}).to_string() + "\n").collect()
 }
 
 /// The fixture's node `name` with its Ready condition set as the node controller sets it.
 pub(crate) fn node_json(name: &str, status: &str, rv: u64) -> serde_json::Value {
     let list: serde_json::Value = serde_json::from_str(&fixture("nodes-kubeadm-1.29.json")).unwrap();
-    let mut n = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["metadata"]["name"] == name)
-        .unwrap()
-        .clone();
+    let mut n = list["items"].as_array().unwrap().iter().find(|n| n["metadata"]["name"] == name).unwrap().clone();
     n["metadata"]["resourceVersion"] = rv.to_string().into();
     for c in n["status"]["conditions"].as_array_mut().unwrap() {
         if c["type"] == "Ready" {
@@ -206,11 +185,7 @@ fn scratch_namespaces_are_dns_labels_one_per_case() {
     assert_ne!(a, b);
     for n in [&a, &b, &scratch_namespace(&"X".repeat(200), "c")] {
         assert!(n.len() <= 63, "{n}");
-        assert!(
-            n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
-            "{n}"
-        );
+        assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{n}");
         assert!(!n.ends_with('-') && !n.starts_with('-'), "{n}");
     }
 }
@@ -235,38 +210,24 @@ fn ns_handler(create: u16, existing: Option<String>) -> Handler {
 #[tokio::test]
 async fn a_scratch_namespace_is_created_labelled_or_reused_only_when_ours() {
     let (c, _, _, seen, _t) = scripted(ns_handler(201, None));
-    ensure_namespace(&c, "hadrill-x", "20261121T101010123-4242", "failover::c", REQUEST_T)
-        .await
-        .unwrap();
+    ensure_namespace(&c, "hadrill-x", "20261121T101010123-4242", "failover::c", REQUEST_T).await.unwrap();
     assert_eq!(seen.lock().unwrap().as_slice(), ["POST /api/v1/namespaces?"]);
 
     let (c, _, _, _, _t) = scripted(ns_handler(409, Some(namespace_json("hadrill-x", true, false))));
-    ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T)
-        .await
-        .expect("409 on hadrill's own namespace is fine");
+    ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T).await.expect("409 on hadrill's own namespace is fine");
 
     let (c, _, _, _, _t) = scripted(ns_handler(409, Some(namespace_json("hadrill-x", false, false))));
-    let e = ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T)
-        .await
-        .unwrap_err();
+    let e = ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T).await.unwrap_err();
     assert!(matches!(e, KubeProbeError::NotOurs { .. }), "{e}");
     assert!(e.to_string().contains("refusing to write into it"), "{e}");
 
     let (c, _, _, _, _t) = scripted(ns_handler(409, Some(namespace_json("hadrill-x", true, true))));
-    let e = ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T)
-        .await
-        .unwrap_err();
+    let e = ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T).await.unwrap_err();
     assert!(matches!(e, KubeProbeError::Terminating { .. }), "{e}");
 
     let (c, _, _, _, _t) = scripted(ns_handler(403, None));
-    let e = ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with("create namespace hadrill-x: 403 Forbidden: namespaces is forbidden"),
-        "{e}"
-    );
+    let e = ensure_namespace(&c, "hadrill-x", "r", "c", REQUEST_T).await.unwrap_err().to_string();
+    assert!(e.starts_with("create namespace hadrill-x: 403 Forbidden: namespaces is forbidden"), "{e}");
 }
 
 const REQUEST_T: Duration = Duration::from_secs(2);
@@ -279,9 +240,7 @@ async fn the_namespace_body_carries_the_label_recover_deletes_by() {
         b2.lock().unwrap().push(r.body.clone());
         Box::pin(async move { Ok((201, r.body)) })
     }));
-    ensure_namespace(&c, "hadrill-x", "20261121T101010123-4242", "failover::c", REQUEST_T)
-        .await
-        .unwrap();
+    ensure_namespace(&c, "hadrill-x", "20261121T101010123-4242", "failover::c", REQUEST_T).await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&bodies.lock().unwrap()[0]).unwrap();
     assert_eq!(v["metadata"]["labels"][MANAGED_BY], MANAGED_BY_VALUE);
     assert_eq!(v["metadata"]["labels"][RUN_LABEL], "20261121T101010123-4242");
@@ -317,27 +276,17 @@ async fn leftovers_of_dead_runs_are_deleted_and_live_ones_left_alone() {
     // a 404 on delete: already gone, fine
     assert_eq!(out[1], Leftover::Deleted("hadrill-b".into()));
     assert_eq!(out[2], Leftover::AlreadyTerminating("hadrill-c".into()));
-    assert_eq!(
-        seen.lock().unwrap().iter().filter(|s| s.starts_with("DELETE")).count(),
-        2
-    );
+    assert_eq!(seen.lock().unwrap().iter().filter(|s| s.starts_with("DELETE")).count(), 2);
 
     let alive = |run: &str, _: &str| (run == "20261121T101010123-4242").then(|| "alive".to_string());
     let out = delete_leftovers(&c, REQUEST_T, alive).await.unwrap();
     assert!(matches!(&out[0], Leftover::Alive(n, _) if n == "hadrill-a"), "{out:?}");
-    assert_eq!(
-        seen.lock().unwrap().iter().filter(|s| s.starts_with("DELETE")).count(),
-        2,
-        "nothing more deleted"
-    );
+    assert_eq!(seen.lock().unwrap().iter().filter(|s| s.starts_with("DELETE")).count(), 2, "nothing more deleted");
 }
 
 #[test]
 fn a_run_on_another_host_is_not_judged_alive_here() {
-    assert_eq!(
-        run_alive_here(&format!("20261121T101010123-{}", std::process::id()), "some-other-host"),
-        None
-    );
+    assert_eq!(run_alive_here(&format!("20261121T101010123-{}", std::process::id()), "some-other-host"), None);
     let here = this_host();
     assert!(run_alive_here(&format!("20261121T101010123-{}", std::process::id()), &here).is_some());
     // pid 1 is always alive; a pid beyond pid_max never is
@@ -356,11 +305,7 @@ pub(crate) fn configmap_api(mode: Arc<AtomicUsize>) -> Handler {
                 1 => {
                     return Ok((
                         503,
-                        status(
-                            503,
-                            "ServiceUnavailable",
-                            "the server is currently unable to handle the request",
-                        ),
+                        status(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
                     ))
                 }
                 2 => return Err("tcp connect error: Connection refused (os error 111)".into()),
@@ -387,10 +332,7 @@ pub(crate) fn configmap_api(mode: Arc<AtomicUsize>) -> Handler {
                     let seq: u64 = v["data"]["seq"].as_str().unwrap().parse().unwrap();
                     let mut s = store.lock().unwrap();
                     let Some(cur) = s.get_mut(&name) else {
-                        return Ok((
-                            404,
-                            status(404, "NotFound", &format!("configmaps \"{name}\" not found")),
-                        ));
+                        return Ok((404, status(404, "NotFound", &format!("configmaps \"{name}\" not found"))));
                     };
                     *cur = (*cur).max(seq);
                     Ok((200, configmap_json(&ns, &name, seq, seq + 1)))
@@ -399,10 +341,7 @@ pub(crate) fn configmap_api(mode: Arc<AtomicUsize>) -> Handler {
                     let s = store.lock().unwrap();
                     match s.get(&name) {
                         Some(seq) => Ok((200, configmap_json(&ns, &name, *seq, seq + 1))),
-                        None => Ok((
-                            404,
-                            status(404, "NotFound", &format!("configmaps \"{name}\" not found")),
-                        )),
+                        None => Ok((404, status(404, "NotFound", &format!("configmaps \"{name}\" not found")))),
                     }
                 }
                 "DELETE" => Ok((200, namespace_json(&name, true, true))),
@@ -423,10 +362,7 @@ async fn the_api_probe_writes_and_reads_over_both_clients_and_records_an_outage(
     let tl = Arc::new(Timeline::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_api(
-        ApiProbe {
-            per_second: 20,
-            timeout: Duration::from_millis(500),
-        },
+        ApiProbe { per_second: 20, timeout: Duration::from_millis(500) },
         c,
         fresh,
         h.clone(),
@@ -440,23 +376,12 @@ async fn the_api_probe_writes_and_reads_over_both_clients_and_records_an_outage(
         })
         .await
     };
-    assert!(
-        wait_for(6, h.clone(), Instant::now()).await.is_some(),
-        "the probe answers: {:?}",
-        h.ops().last()
-    );
+    assert!(wait_for(6, h.clone(), Instant::now()).await.is_some(), "the probe answers: {:?}", h.ops().last());
     let outage = Instant::now();
     mode.store(1, Ordering::SeqCst);
     crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
         let h = h.clone();
-        async move {
-            (h.ops()
-                .iter()
-                .filter(|o| o.start >= outage && o.outcome.is_err())
-                .count()
-                >= 8)
-                .then_some(())
-        }
+        async move { (h.ops().iter().filter(|o| o.start >= outage && o.outcome.is_err()).count() >= 8).then_some(()) }
     })
     .await
     .unwrap();
@@ -464,10 +389,7 @@ async fn the_api_probe_writes_and_reads_over_both_clients_and_records_an_outage(
     crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
         let h = h.clone();
         async move {
-            h.ops()
-                .iter()
-                .any(|o| o.outcome.as_ref().is_err_and(|e| e.contains("Connection refused")))
-                .then_some(())
+            h.ops().iter().any(|o| o.outcome.as_ref().is_err_and(|e| e.contains("Connection refused"))).then_some(())
         }
     })
     .await
@@ -486,13 +408,7 @@ async fn the_api_probe_writes_and_reads_over_both_clients_and_records_an_outage(
         fresh_ops,
         "one new client (a new connection) per request over the fresh client"
     );
-    assert!(
-        ops.iter().any(|o| o
-            .outcome
-            .as_ref()
-            .is_err_and(|e| e.starts_with("503 ServiceUnavailable"))),
-        "{ops:?}"
-    );
+    assert!(ops.iter().any(|o| o.outcome.as_ref().is_err_and(|e| e.starts_with("503 ServiceUnavailable"))), "{ops:?}");
     for kind in [ClientKind::Reused, ClientKind::Fresh] {
         let spans = crate::check::failover::failure_spans(&ops, kind, outage, Instant::now());
         assert_eq!(spans.len(), 1, "{kind:?}: one outage: {spans:?}");
@@ -527,10 +443,7 @@ async fn a_stale_read_is_a_failure_an_ambiguous_one_is_not() {
         })
     }));
     let tl = Timeline::new();
-    let cfg = ApiProbe {
-        per_second: 1,
-        timeout: REQUEST_T,
-    };
+    let cfg = ApiProbe { per_second: 1, timeout: REQUEST_T };
     let h = ApiHistory::new("hadrill-x");
     // the initial value, written before the probe started
     let ops = one_round(5, ClientKind::Reused, &cfg, &c, &fresh, &h, &tl).await;
@@ -555,14 +468,7 @@ async fn a_stale_read_is_a_failure_an_ambiguous_one_is_not() {
         outcome: Ok(()),
     });
     let ops = one_round(5, ClientKind::Reused, &cfg, &c, &fresh, &h, &tl).await;
-    assert!(
-        ops[1]
-            .outcome
-            .as_ref()
-            .is_err_and(|e| e.starts_with("stale read: seq 4")),
-        "{:?}",
-        ops[1]
-    );
+    assert!(ops[1].outcome.as_ref().is_err_and(|e| e.starts_with("stale read: seq 4")), "{:?}", ops[1]);
 }
 
 #[tokio::test]
@@ -574,20 +480,12 @@ async fn the_lease_watch_records_holder_changes_and_relists_after_410() {
         let (script, lists) = (script.clone(), l2.clone());
         Box::pin(async move {
             assert_eq!(r.path, "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases");
-            assert!(
-                r.has("fieldSelector=metadata.name%3Dkube-controller-manager"),
-                "{}",
-                r.query
-            );
+            assert!(r.has("fieldSelector=metadata.name%3Dkube-controller-manager"), "{}", r.query);
             if r.is_watch() {
                 return script.next().await;
             }
             let n = lists.fetch_add(1, Ordering::SeqCst);
-            let holder = if n == 0 {
-                "cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55"
-            } else {
-                "cp-3_9d0e"
-            };
+            let holder = if n == 0 { "cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55" } else { "cp-3_9d0e" };
             Ok((
                 200,
                 list_json(
@@ -602,42 +500,19 @@ async fn the_lease_watch_records_holder_changes_and_relists_after_410() {
     let h = Arc::new(WatchHistory::default());
     let tl = Arc::new(Timeline::new());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_lease_watch(
-        c,
-        "kube-controller-manager".into(),
-        REQUEST_T,
-        h.clone(),
-        tl.clone(),
-        stop_rx,
-    ));
+    let task =
+        tokio::spawn(run_lease_watch(c, "kube-controller-manager".into(), REQUEST_T, h.clone(), tl.clone(), stop_rx));
     // renewals by the same holder, then a new holder
     tx.send(events(&[
-        (
-            "MODIFIED",
-            lease_json(
-                "kube-controller-manager",
-                "cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55",
-                15,
-                101,
-                2,
-            ),
-        ),
-        (
-            "MODIFIED",
-            lease_json("kube-controller-manager", "cp-1_77aa", 15, 102, 3),
-        ),
+        ("MODIFIED", lease_json("kube-controller-manager", "cp-2_4f8c1a3e-8d6b-4e0a-9a43-2b7d6f1c0e55", 15, 101, 2)),
+        ("MODIFIED", lease_json("kube-controller-manager", "cp-1_77aa", 15, 102, 3)),
     ]))
     .unwrap();
     // the next watch is told its version is too old: the probe lists again
     tx.send(events(&[("ERROR", serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 102 (150)","reason":"Expired","code":410}))])).unwrap();
     let got = crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
         let h = h.clone();
-        async move {
-            h.leases()
-                .iter()
-                .any(|o| o.holder.as_deref() == Some("cp-3_9d0e"))
-                .then_some(())
-        }
+        async move { h.leases().iter().any(|o| o.holder.as_deref() == Some("cp-3_9d0e")).then_some(()) }
     })
     .await;
     stop_tx.send(true).unwrap();
@@ -651,17 +526,11 @@ async fn the_lease_watch_records_holder_changes_and_relists_after_410() {
     assert_eq!(first_watch.duration, Some(Duration::from_secs(15)));
     assert_eq!(first_watch.transitions, Some(2));
     let text = Timeline::render(&tl.events());
-    assert!(
-        text.contains("lease kube-system/kube-controller-manager: holder cp-1_77aa"),
-        "{text}"
-    );
+    assert!(text.contains("lease kube-system/kube-controller-manager: holder cp-1_77aa"), "{text}");
     assert!(text.contains("too old resource version"), "{text}");
     // the first watch resumed from the list's version
     assert!(
-        seen.lock()
-            .unwrap()
-            .iter()
-            .any(|s| s.contains("watch=true") && s.contains("resourceVersion=100")),
+        seen.lock().unwrap().iter().any(|s| s.contains("watch=true") && s.contains("resourceVersion=100")),
         "{:?}",
         seen.lock().unwrap()
     );
@@ -673,11 +542,7 @@ async fn the_node_watch_sees_ready_turn_unknown_when_the_kubelet_stops() {
     let (c, _, _, _, _t) = scripted(Arc::new(move |r: Req| {
         let script = script.clone();
         Box::pin(async move {
-            assert!(
-                r.has("labelSelector=node-role.kubernetes.io%2Fcontrol-plane"),
-                "{}",
-                r.query
-            );
+            assert!(r.has("labelSelector=node-role.kubernetes.io%2Fcontrol-plane"), "{}", r.query);
             if r.is_watch() {
                 return script.next().await;
             }
@@ -688,8 +553,7 @@ async fn the_node_watch_sees_ready_turn_unknown_when_the_kubelet_stops() {
     let tl = Arc::new(Timeline::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_node_watch(c, REQUEST_T, h.clone(), tl.clone(), stop_rx));
-    tx.send(events(&[("MODIFIED", node_json("cp-2", "Unknown", 48300))]))
-        .unwrap();
+    tx.send(events(&[("MODIFIED", node_json("cp-2", "Unknown", 48300))])).unwrap();
     let got = crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
         let h = h.clone();
         async move { h.nodes().iter().any(|o| o.node == "cp-2" && !o.ready()).then_some(()) }
@@ -702,10 +566,7 @@ async fn the_node_watch_sees_ready_turn_unknown_when_the_kubelet_stops() {
     assert_eq!(nodes.iter().filter(|o| o.via == "list").count(), 3);
     assert!(nodes.iter().filter(|o| o.via == "list").all(|o| o.ready()));
     let down = nodes.iter().find(|o| !o.ready()).unwrap();
-    assert_eq!(
-        (down.status.as_str(), down.reason.as_str()),
-        ("Unknown", "NodeStatusUnknown")
-    );
+    assert_eq!((down.status.as_str(), down.reason.as_str()), ("Unknown", "NodeStatusUnknown"));
     let text = Timeline::render(&tl.events());
     assert!(text.contains("node cp-2: Ready=Unknown (NodeStatusUnknown"), "{text}");
 }
@@ -739,9 +600,7 @@ pub(crate) async fn tls_double(sans: &[&str], answer: fn(&str) -> (u16, String))
             not_after: now + chrono::Duration::days(300),
         })
         .unwrap();
-    let certs = rustls_pemfile::certs(&mut m.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let certs = rustls_pemfile::certs(&mut m.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
     let key = rustls_pemfile::private_key(&mut m.key_pem.as_bytes()).unwrap().unwrap();
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -770,14 +629,8 @@ pub(crate) async fn tls_double(sans: &[&str], answer: fn(&str) -> (u16, String))
                         }
                     }
                     let head = String::from_utf8_lossy(&buf).to_string();
-                    let path = head
-                        .split_whitespace()
-                        .nth(1)
-                        .unwrap_or("/")
-                        .split('?')
-                        .next()
-                        .unwrap_or("/")
-                        .to_string();
+                    let path =
+                        head.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/").to_string();
                     heads.lock().unwrap().push(head);
                     let (code, body) = answer(&path);
                     let resp = format!(
@@ -792,12 +645,7 @@ pub(crate) async fn tls_double(sans: &[&str], answer: fn(&str) -> (u16, String))
             });
         }
     });
-    TlsDouble {
-        url: format!("https://{addr}"),
-        ca_pem: ca.cert_pem().to_string(),
-        heads,
-        task,
-    }
+    TlsDouble { url: format!("https://{addr}"), ca_pem: ca.cert_pem().to_string(), heads, task }
 }
 
 /// A kube config for `url` trusting `ca_pem`, authenticating with a bearer token.
@@ -830,10 +678,8 @@ async fn health_is_read_over_verified_tls_as_the_kubeconfig_user() {
     let heads = d.heads.lock().unwrap().clone();
     assert!(heads[0].starts_with("GET /livez?verbose HTTP/1.1"), "{}", heads[0]);
     assert!(
-        heads
-            .iter()
-            .all(|h| h.contains("authorization: Bearer hadrill-test-token")
-                || h.contains("Authorization: Bearer hadrill-test-token")),
+        heads.iter().all(|h| h.contains("authorization: Bearer hadrill-test-token")
+            || h.contains("Authorization: Bearer hadrill-test-token")),
         "{heads:?}"
     );
 
@@ -861,14 +707,7 @@ async fn the_health_probe_records_when_an_apiserver_stops_being_ready_and_comes_
     let tl = Arc::new(Timeline::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let eps = vec![(d.url.clone(), Some("cp-2".to_string()))];
-    let task = tokio::spawn(run_health(
-        cfg,
-        eps,
-        Duration::from_millis(50),
-        REQUEST_T,
-        tl.clone(),
-        stop_rx,
-    ));
+    let task = tokio::spawn(run_health(cfg, eps, Duration::from_millis(50), REQUEST_T, tl.clone(), stop_rx));
     let seen = |tl: Arc<Timeline>, what: &'static str| async move {
         crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
             let tl = tl.clone();
@@ -878,20 +717,11 @@ async fn the_health_probe_records_when_an_apiserver_stops_being_ready_and_comes_
     };
     assert!(seen(tl.clone(), "/readyz: 200").await.is_some());
     SICK.store(true, Ordering::SeqCst);
-    assert!(seen(tl.clone(), "/readyz: 500: [-]etcd failed: reason withheld")
-        .await
-        .is_some());
+    assert!(seen(tl.clone(), "/readyz: 500: [-]etcd failed: reason withheld").await.is_some());
     SICK.store(false, Ordering::SeqCst);
     crate::engine::poll(Duration::from_secs(5), Duration::from_millis(10), || {
         let tl = tl.clone();
-        async move {
-            (tl.events()
-                .iter()
-                .filter(|e| e.message.ends_with("/readyz: 200"))
-                .count()
-                == 2)
-                .then_some(())
-        }
+        async move { (tl.events().iter().filter(|e| e.message.ends_with("/readyz: 200")).count() == 2).then_some(()) }
     })
     .await
     .expect("ready again");
@@ -900,8 +730,5 @@ async fn the_health_probe_records_when_an_apiserver_stops_being_ready_and_comes_
     let lines: Vec<String> = tl.events().into_iter().map(|e| e.message).collect();
     // changes only, not every poll
     assert_eq!(lines.len(), 3, "{lines:?}");
-    assert!(
-        lines[1].starts_with(&format!("apiserver {} (node cp-2) /readyz: 500", d.url)),
-        "{lines:?}"
-    );
+    assert!(lines[1].starts_with(&format!("apiserver {} (node cp-2) /readyz: 500", d.url)), "{lines:?}");
 }

@@ -117,7 +117,11 @@ mod tests {
     fn layout() -> Layout {
         Layout {
             pki: KubePki::new("/r/pki/kube"),
-            etcd_servers: vec!["https://10.213.7.11:2379".into(), "https://10.213.7.12:2379".into(), "https://10.213.7.13:2379".into()],
+            etcd_servers: vec![
+                "https://10.213.7.11:2379".into(),
+                "https://10.213.7.12:2379".into(),
+                "https://10.213.7.13:2379".into(),
+            ],
             service_cidr: "10.96.0.0/12".into(),
             controller_manager_kubeconfig: "/r/kube/controller-manager.conf".into(),
             scheduler_kubeconfig: "/r/kube/scheduler.conf".into(),
@@ -128,7 +132,8 @@ mod tests {
     fn parse(argv: &[String]) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         for a in argv {
-            let (k, v) = a.strip_prefix("--").and_then(|r| r.split_once('=')).unwrap_or_else(|| panic!("not --k=v: {a}"));
+            let (k, v) =
+                a.strip_prefix("--").and_then(|r| r.split_once('=')).unwrap_or_else(|| panic!("not --k=v: {a}"));
             assert!(m.insert(k.to_string(), v.to_string()).is_none(), "{k} given twice");
         }
         m

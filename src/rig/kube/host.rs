@@ -76,7 +76,15 @@ mod tests {
         // without the namespaces (tests/rig_kube.rs runs the real thing as root): the shell
         // text passes $0 to hostname and execs "$@" unchanged
         let out = std::process::Command::new("sh")
-            .args(["-c", &SET_HOSTNAME_AND_EXEC.replace("hostname", "echo"), "apiserver-7", "printf", "%s|", "a b", "$x"])
+            .args([
+                "-c",
+                &SET_HOSTNAME_AND_EXEC.replace("hostname", "echo"),
+                "apiserver-7",
+                "printf",
+                "%s|",
+                "a b",
+                "$x",
+            ])
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "apiserver-7\na b|$x|");

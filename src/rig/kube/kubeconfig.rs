@@ -79,7 +79,9 @@ pub fn read(path: &Path) -> Result<Embedded, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let doc: Doc = serde_saphyr::from_str(&text).map_err(|e| format!("parse {}: {e}", path.display()))?;
     let d = |s: &str| {
-        base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| format!("{}: bad base64: {e}", path.display()))
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| format!("{}: bad base64: {e}", path.display()))
     };
     let c = doc.clusters.first().ok_or_else(|| format!("{}: no cluster", path.display()))?;
     let u = doc.users.first().ok_or_else(|| format!("{}: no user", path.display()))?;
@@ -97,7 +99,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn minted() -> Minted {
-        Minted { cert_pem: "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n".into(), key_pem: "KEY".into() }
+        Minted {
+            cert_pem: "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n".into(),
+            key_pem: "KEY".into(),
+        }
     }
 
     #[test]

@@ -48,10 +48,11 @@ fn gateway(st: &RigState) -> Result<Ipv4Addr, RigError> {
 
 /// `BIN --version` → `v1.26.3`; None when it cannot be run or says nothing recognisable.
 async fn version_of(bin: &Path) -> Option<String> {
-    let out = tokio::time::timeout(Duration::from_secs(10), tokio::process::Command::new(bin).arg("--version").output())
-        .await
-        .ok()?
-        .ok()?;
+    let out =
+        tokio::time::timeout(Duration::from_secs(10), tokio::process::Command::new(bin).arg("--version").output())
+            .await
+            .ok()?
+            .ok()?;
     super::parse_version(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -64,7 +65,8 @@ pub async fn plan(st: &RigState, bins: &Binaries) -> Result<KubeRigState, RigErr
     let dir = &st.dir;
     let pki_err = |source| RigError::Pki { dir: shown(dir), source };
     let ip = net::which("ip").ok_or_else(|| RigError::NetnsUnavailable { dir: shown(dir) })?;
-    let unshare = net::which("unshare").ok_or_else(|| other(dir, "kube mode needs util-linux's unshare on PATH".into()))?;
+    let unshare =
+        net::which("unshare").ok_or_else(|| other(dir, "kube mode needs util-linux's unshare on PATH".into()))?;
     let dirs = KubeDirs::new(dir);
     let places = super::places(gateway(st)?);
     let lb = places.iter().find(|p| p.role == Role::LoadBalancer).expect("places has a load balancer");
@@ -95,7 +97,8 @@ pub async fn plan(st: &RigState, bins: &Binaries) -> Result<KubeRigState, RigErr
     let (admin, cm, sched) =
         (dirs.kubeconfig("admin"), dirs.kubeconfig("controller-manager"), dirs.kubeconfig("scheduler"));
     kubeconfig::write(&admin, &server, &ids.ca_pem, pki::ADMIN_CN, &ids.admin).map_err(pki_err)?;
-    kubeconfig::write(&cm, &server, &ids.ca_pem, pki::CONTROLLER_MANAGER_CN, &ids.controller_manager).map_err(pki_err)?;
+    kubeconfig::write(&cm, &server, &ids.ca_pem, pki::CONTROLLER_MANAGER_CN, &ids.controller_manager)
+        .map_err(pki_err)?;
     kubeconfig::write(&sched, &server, &ids.ca_pem, pki::SCHEDULER_CN, &ids.scheduler).map_err(pki_err)?;
 
     let lb_dir = dirs.host_dir(&lb.name);
@@ -157,7 +160,8 @@ pub async fn create_hosts(st: &RigState) -> Result<(), RigError> {
     let id = st.id();
     for h in &k.hosts {
         let short = h.netns.strip_prefix(&format!("{id}-")).unwrap_or(&h.netns);
-        let addr: Ipv4Addr = h.address.parse().map_err(|_| other(&st.dir, format!("{}: bad address {}", h.name, h.address)))?;
+        let addr: Ipv4Addr =
+            h.address.parse().map_err(|_| other(&st.dir, format!("{}: bad address {}", h.name, h.address)))?;
         net::add_host(&id, short, addr).await.map_err(|source| RigError::Net { dir: shown(&st.dir), source })?;
     }
     Ok(())
@@ -172,8 +176,11 @@ pub fn start_host(st: &mut RigState, name: &str) -> Result<(), RigError> {
         .as_mut()
         .and_then(|k| k.hosts.iter_mut().find(|h| h.name == name))
         .ok_or_else(|| other(&dir, format!("kube mode has no host {name}")))?;
-    let (pid, start) = process::spawn_detached(&h.argv, &h.log)
-        .map_err(|source| RigError::Spawn { dir: shown(&dir), member: name.into(), source })?;
+    let (pid, start) = process::spawn_detached(&h.argv, &h.log).map_err(|source| RigError::Spawn {
+        dir: shown(&dir),
+        member: name.into(),
+        source,
+    })?;
     h.pid = pid;
     h.start_time = start;
     Ok(())
@@ -187,7 +194,8 @@ fn admin(k: &KubeRigState) -> Result<kubeconfig::Embedded, String> {
 fn https_client(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = reqwest::Certificate::from_pem(ca_pem).map_err(|e| format!("cluster CA: {e}"))?;
-    let mut b = reqwest::Client::builder().tls_certs_only([ca]).timeout(REQUEST_TIMEOUT).connect_timeout(REQUEST_TIMEOUT);
+    let mut b =
+        reqwest::Client::builder().tls_certs_only([ca]).timeout(REQUEST_TIMEOUT).connect_timeout(REQUEST_TIMEOUT);
     if let Some((cert, key)) = identity {
         let mut pem = cert.to_vec();
         pem.extend_from_slice(key);
@@ -204,7 +212,10 @@ async fn get_200(client: &reqwest::Client, url: &str) -> Result<(), String> {
     }
     let body = r.text().await.unwrap_or_default();
     let failing: Vec<&str> = body.lines().filter(|l| l.contains("failed")).take(3).collect();
-    Err(format!("GET {url}: {status}{}", if failing.is_empty() { String::new() } else { format!(" ({})", failing.join("; ")) }))
+    Err(format!(
+        "GET {url}: {status}{}",
+        if failing.is_empty() { String::new() } else { format!(" ({})", failing.join("; ")) }
+    ))
 }
 
 /// One health check of a host: HAProxy accepts on its frontend; an apiserver answers
@@ -214,14 +225,17 @@ async fn get_200(client: &reqwest::Client, url: &str) -> Result<(), String> {
 pub async fn check(k: &KubeRigState, h: &KubeHost) -> Result<(), String> {
     let authority = format!("{}:{}", h.address, h.port);
     match h.role {
-        Role::LoadBalancer => match tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(&authority)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("connect {authority}: {e}")),
-            Err(_) => Err(format!("connect {authority}: no answer within {REQUEST_TIMEOUT:?}")),
-        },
+        Role::LoadBalancer => {
+            match tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(&authority)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("connect {authority}: {e}")),
+                Err(_) => Err(format!("connect {authority}: no answer within {REQUEST_TIMEOUT:?}")),
+            }
+        }
         Role::Apiserver => {
             let a = admin(k)?;
-            get_200(&https_client(&a.ca_pem, Some((&a.cert_pem, &a.key_pem)))?, &format!("https://{authority}/readyz")).await
+            get_200(&https_client(&a.ca_pem, Some((&a.cert_pem, &a.key_pem)))?, &format!("https://{authority}/readyz"))
+                .await
         }
         Role::ControllerManager | Role::Scheduler => {
             let a = admin(k)?;
@@ -244,7 +258,11 @@ pub async fn wait_healthy(dir: &Path, k: &KubeRigState, h: &KubeHost, within: Du
     let end = Instant::now() + within;
     loop {
         if !proc_::alive(h.pid, h.start_time) {
-            return Err(not_ready(dir, h, format!("{} {} (pid {}) exited while starting", h.role.program(), h.name, h.pid)));
+            return Err(not_ready(
+                dir,
+                h,
+                format!("{} {} (pid {}) exited while starting", h.role.program(), h.name, h.pid),
+            ));
         }
         let t = Instant::now();
         let why = match check(k, h).await {
@@ -253,7 +271,11 @@ pub async fn wait_healthy(dir: &Path, k: &KubeRigState, h: &KubeHost, within: Du
         };
         tracing::debug!("{} not healthy yet ({:?}): {why}", h.name, t.elapsed());
         if Instant::now() >= end {
-            return Err(not_ready(dir, h, format!("{} {} not healthy within {within:?}: {why}", h.role.program(), h.name)));
+            return Err(not_ready(
+                dir,
+                h,
+                format!("{} {} not healthy within {within:?}: {why}", h.role.program(), h.name),
+            ));
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
@@ -275,7 +297,11 @@ pub async fn wait_api_through_lb(dir: &Path, k: &KubeRigState, within: Duration)
             Err(e) => e,
         };
         if Instant::now() >= end {
-            return Err(not_ready(dir, lb, format!("the API is not ready through the load balancer within {within:?}: {why}")));
+            return Err(not_ready(
+                dir,
+                lb,
+                format!("the API is not ready through the load balancer within {within:?}: {why}"),
+            ));
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
@@ -286,7 +312,8 @@ pub async fn wait_api_through_lb(dir: &Path, k: &KubeRigState, within: Duration)
 pub async fn wait_leases(dir: &Path, k: &KubeRigState, within: Duration) -> Result<(), RigError> {
     use k8s_openapi::api::coordination::v1::Lease;
     let kc = kube::config::Kubeconfig::read_from(&k.admin_kubeconfig).map_err(|e| other(dir, e.to_string()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| other(dir, e.to_string()))?;
+    let cfg =
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| other(dir, e.to_string()))?;
     let client = kube::Client::try_from(cfg).map_err(|e| other(dir, e.to_string()))?;
     let api: kube::Api<Lease> = kube::Api::namespaced(client, "kube-system");
     let end = Instant::now() + within;

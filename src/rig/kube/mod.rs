@@ -226,7 +226,9 @@ pub struct Binaries {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FindError {
-    #[error("kube mode: {binary} not found in {dir} (give the directory of the Kubernetes server binaries with --kube-bin)")]
+    #[error(
+        "kube mode: {binary} not found in {dir} (give the directory of the Kubernetes server binaries with --kube-bin)"
+    )]
     NotInDir { binary: String, dir: String },
     #[error("kube mode: {binary} not found on PATH")]
     NotOnPath { binary: String },
@@ -287,7 +289,9 @@ impl Binaries {
 
 /// `Kubernetes v1.26.3` (what `kube-apiserver --version` prints) → `v1.26.3`.
 pub fn parse_version(out: &str) -> Option<String> {
-    out.split_whitespace().find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit())).map(str::to_string)
+    out.split_whitespace()
+        .find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -142,7 +142,10 @@ pub fn create(pki: &KubePki, etcd_ca: (&Path, &Path), spec: &PkiSpec) -> Result<
     }
     let now = OffsetDateTime::now_utc();
     let (nb, na) = (now - BACKDATE, now + Duration::days(LEAF_VALIDITY_DAYS));
-    fn window<'a>(nb: OffsetDateTime, na: OffsetDateTime) -> impl Fn(&'a str, &'a [&'a str], &'a [SanType], &'a [Eku]) -> Leaf<'a> {
+    fn window<'a>(
+        nb: OffsetDateTime,
+        na: OffsetDateTime,
+    ) -> impl Fn(&'a str, &'a [&'a str], &'a [SanType], &'a [Eku]) -> Leaf<'a> {
         move |cn, orgs, sans, ekus| Leaf { cn, orgs, sans, ekus, not_before: nb, not_after: na }
     }
 
@@ -152,8 +155,8 @@ pub fn create(pki: &KubePki, etcd_ca: (&Path, &Path), spec: &PkiSpec) -> Result<
     let (c, k) = pki.pair("front-proxy-ca");
     write_pair(&c, &k, &fp_files)?;
     let etcd = Ca::load_files(etcd_ca.0, etcd_ca.1)?;
-    let etcd_ca_pem = std::fs::read(etcd_ca.0)
-        .map_err(|source| PkiError::Read { path: etcd_ca.0.display().to_string(), source })?;
+    let etcd_ca_pem =
+        std::fs::read(etcd_ca.0).map_err(|source| PkiError::Read { path: etcd_ca.0.display().to_string(), source })?;
     write_file(&pki.etcd_ca_cert(), &etcd_ca_pem, 0o644)?;
 
     let server = [Eku::ServerAuth];

@@ -41,9 +41,9 @@ pub(crate) fn mock_client(routes: Vec<Route>) -> (Client, Arc<Mutex<Vec<String>>
             let path = req.uri().path().to_string();
             let query = req.uri().query().unwrap_or("").to_string();
             seen2.lock().unwrap().push(format!("{} {}?{}", req.method(), path, query));
-            let hit = routes.iter().find(|r| {
-                r.path == path && r.query.as_ref().is_none_or(|q| query.split('&').any(|kv| kv == q))
-            });
+            let hit = routes
+                .iter()
+                .find(|r| r.path == path && r.query.as_ref().is_none_or(|q| query.split('&').any(|kv| kv == q)));
             let (status, body) = match hit {
                 Some(r) => (r.status, r.body.clone()),
                 None => (404, not_found(&path, "unknown")),
@@ -62,7 +62,12 @@ pub(crate) fn mock_client(routes: Vec<Route>) -> (Client, Arc<Mutex<Vec<String>>
 pub(crate) fn kubeadm_routes(pods: &str) -> Vec<Route> {
     vec![
         route("/version", None, 200, fixture("version-1.29.json")),
-        route("/api/v1/nodes", Some("labelSelector=node-role.kubernetes.io%2Fcontrol-plane"), 200, fixture("nodes-kubeadm-1.29.json")),
+        route(
+            "/api/v1/nodes",
+            Some("labelSelector=node-role.kubernetes.io%2Fcontrol-plane"),
+            200,
+            fixture("nodes-kubeadm-1.29.json"),
+        ),
         route(
             "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
             Some("labelSelector=kubernetes.io%2Fservice-name%3Dkubernetes"),
@@ -70,8 +75,18 @@ pub(crate) fn kubeadm_routes(pods: &str) -> Vec<Route> {
             fixture("endpointslices-kubernetes.json"),
         ),
         route("/api/v1/namespaces/kube-system/pods", Some("labelSelector=tier%3Dcontrol-plane"), 200, fixture(pods)),
-        route("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager", None, 200, fixture("lease-kube-controller-manager.json")),
-        route("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler", None, 200, fixture("lease-kube-scheduler.json")),
+        route(
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager",
+            None,
+            200,
+            fixture("lease-kube-controller-manager.json"),
+        ),
+        route(
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler",
+            None,
+            200,
+            fixture("lease-kube-scheduler.json"),
+        ),
     ]
 }
 
@@ -185,7 +200,12 @@ async fn forbidden_leases_name_the_api_group() {
     let body = serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
         "message":"leases.coordination.k8s.io \"kube-controller-manager\" is forbidden: User \"ci\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-system\"",
         "reason":"Forbidden","details":{"name":"kube-controller-manager","group":"coordination.k8s.io","kind":"leases"},"code":403}).to_string();
-    routes.push(route("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager", None, 403, body));
+    routes.push(route(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager",
+        None,
+        403,
+        body,
+    ));
     let (client, _, _t) = mock_client(routes);
     let s = discover(&client, "https://10.0.0.10:6443").await.unwrap_err().to_string();
     assert!(s.starts_with("get leases (namespace kube-system) is forbidden"), "{s}");
@@ -194,10 +214,17 @@ async fn forbidden_leases_name_the_api_group() {
 
 #[test]
 fn flags_parse_like_the_components_do() {
-    let argv: Vec<String> = ["etcd", "--name=cp-1", "--listen-client-urls=https://127.0.0.1:2379,https://10.0.0.11:2379", "--client-cert-auth", "positional", "--x=a=b"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let argv: Vec<String> = [
+        "etcd",
+        "--name=cp-1",
+        "--listen-client-urls=https://127.0.0.1:2379,https://10.0.0.11:2379",
+        "--client-cert-auth",
+        "positional",
+        "--x=a=b",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let f = parse_flags(&argv);
     assert_eq!(f.get("name").map(String::as_str), Some("cp-1"));
     assert_eq!(f.get("client-cert-auth").map(String::as_str), Some("true"));
@@ -299,7 +326,10 @@ fn plan_text_adds_the_node_access_of_each_node() {
 #[tokio::test]
 async fn the_documented_cluster_role_covers_every_discovery_request() {
     use k8s_openapi::api::rbac::v1::ClusterRole;
-    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rbac/hadrill-readonly.yaml")).unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rbac/hadrill-readonly.yaml"),
+    )
+    .unwrap();
     let role: ClusterRole = serde_saphyr::from_str(&text).unwrap();
     let rules = role.rules.unwrap();
     let allows = |verb: &str, group: &str, resource: &str| {
@@ -310,7 +340,10 @@ async fn the_documented_cluster_role_covers_every_discovery_request() {
         })
     };
     let allows_url = |url: &str| {
-        rules.iter().any(|r| r.verbs.iter().any(|v| v == "get") && r.non_resource_urls.as_ref().is_some_and(|u| u.iter().any(|x| x == url)))
+        rules.iter().any(|r| {
+            r.verbs.iter().any(|v| v == "get")
+                && r.non_resource_urls.as_ref().is_some_and(|u| u.iter().any(|x| x == url))
+        })
     };
     let (client, seen, _t) = mock_client(kubeadm_routes("pods-kube-system-stacked.json"));
     discover(&client, "https://10.0.0.10:6443").await.unwrap();
