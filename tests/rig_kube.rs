@@ -387,6 +387,12 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path in ('/readyz', '/healthz', '/livez'):
             body, ctype = b'ok', 'text/plain'
+        elif role == 'kube-apiserver' and self.path == '/version':
+            body = json.dumps({'major': '1', 'minor': '26', 'gitVersion': 'v1.26.3',
+                'gitCommit': '9e644106593f3f4aa98f8a84b23db5fa378900bd', 'gitTreeState': 'clean',
+                'buildDate': '2023-03-15T13:33:12Z', 'goVersion': 'go1.19.7', 'compiler': 'gc',
+                'platform': 'linux/amd64'}).encode()
+            ctype = 'application/json'
         elif role == 'kube-apiserver' and self.path.startswith('/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/'):
             name = self.path.rsplit('/', 1)[1]
             holder = {'kube-controller-manager': 'controller-manager-1', 'kube-scheduler': 'scheduler-2'}.get(name)
@@ -518,6 +524,38 @@ fn bring_up_orchestration_with_stand_in_components() {
         states.iter().any(|(n, s)| n == "apiserver-2" && s == "UP")
     });
     assert!(up, "{states:?}");
+
+    // a suite's `component_stop` through the engine, as against a cluster: the leader read
+    // from its Lease through the load balancer (the stand-in apiservers say scheduler-2),
+    // resolved to that rig host's process, stopped, and restarted by the heal
+    let suites = tempfile::tempdir().unwrap();
+    std::fs::write(
+        suites.path().join("cp.yaml"),
+        "suite: cpfault\ndescription: d\ncases:\n  - name: scheduler_leader\n    description: d\n    disruptive: true\n    requires: [kubernetes]\n    steps:\n      - inject: { component_stop: { component: scheduler, pick: leader, signal: term } }\n      - heal\n",
+    )
+    .unwrap();
+    let s2 = rig::status(&d.dir).unwrap().kube.unwrap().host("scheduler-2").unwrap().clone();
+    let report = d.dir.join("cpfault.json");
+    let (code, out, err) = hadrill(&[
+        "--config",
+        &d.dir.join("target.yaml").display().to_string(),
+        "--suite-dir",
+        &suites.path().display().to_string(),
+        "--ledger",
+        &ledger_dir.path().display().to_string(),
+        "run",
+        "--allow-disruption",
+        "cpfault::",
+        "--json",
+        &report.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let case_out = r["cases"][0]["output"].as_str().unwrap().to_string();
+    assert!(case_out.contains("injected: stop scheduler-2 of rig") && case_out.contains("SIGTERM"), "{r}");
+    let s2b = rig::status(&d.dir).unwrap().kube.unwrap().host("scheduler-2").unwrap().clone();
+    assert!(!proc_::alive(s2.pid, s2.start_time), "the leader's old process was stopped");
+    assert!(proc_::alive(s2b.pid, s2b.start_time) && s2b.pid != s2.pid, "the heal restarted scheduler-2");
 
     // rig down stops all 8 hosts and 3 members; twice is fine
     let (code, out, err) = hadrill(&["rig", "down", "--dir", d.path()]);

@@ -197,7 +197,12 @@ fn disruption(
     if !args.allow_disruption {
         return (false, "pass --allow-disruption to inject faults into this target".into());
     }
-    if let Some(k) = &t.kube {
+    // the rig's own control plane (its admin kubeconfig) is a lab on this machine, not a
+    // cluster someone else depends on: --allow-disruption is enough there
+    let rig_own = |k: &crate::target::kube::KubeTarget| {
+        t.rig.as_ref().and_then(|r| r.kube.as_ref()).is_some_and(|rk| rk.admin_kubeconfig == k.kubeconfig)
+    };
+    if let Some(k) = t.kube.as_ref().filter(|k| !rig_own(k)) {
         let allowed = config.disruption.as_ref().map(|d| d.allowed_contexts.clone()).unwrap_or_default();
         if !allowed.iter().any(|c| c == &k.context) {
             return (
