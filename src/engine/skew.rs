@@ -202,7 +202,8 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
     versions.extend(nv);
     versions.extend(sv);
     // the rig (no static pods): its instances carry their binaries' versions
-    if let Some(cp) = ctx.target.control_plane.get() {
+    let rig_cp = ctx.target.rig.as_ref().map(crate::controlplane::ControlPlane::from_rig);
+    if let Some(cp) = rig_cp.as_ref().or(ctx.target.control_plane.get()) {
         for (c, name) in [
             (Component::Apiserver, "kube-apiserver"),
             (Component::ControllerManager, "kube-controller-manager"),
