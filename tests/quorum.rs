@@ -386,6 +386,8 @@ cases:
     description: x
     disruptive: true
     steps:
+      - probe: { etcd_writes: { per_second: 20 } }
+      - await: { acknowledged_writes: { count: 5, within: 10s } }
       - inject: { partition: { isolate: { followers: 1 }, dead_man: 300s } }
       - await: { observe: { duration: 120s } }
 "#,
@@ -409,8 +411,13 @@ cases:
     })
     .expect("the partition rules appear");
     child.sigkill();
-    let o = run(Command::new(env!("CARGO_BIN_EXE_hadrill")).env("HADRILL_LEDGER", &rig.ledger).arg("recover"));
+    let keys = |rig: &Rig| String::from_utf8_lossy(&rig.etcdctl(&["get", "--prefix", "/hadrill/", "--keys-only"]).stdout).trim().to_string();
+    assert!(!keys(&rig).is_empty(), "the killed run's probe wrote keys");
+    // with the rig's config, recover reaches etcd and removes the killed run's keys too
+    let o = run(rig.hadrill().arg("recover"));
     assert!(o.status.success(), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("etcd keys under /hadrill/"), "{}", show(&o));
+    assert_eq!(keys(&rig), "", "recover deleted the killed run's keys");
     assert!(
         rt().block_on(hadrill::fault::net::tagged_rules(&ns_with_rules, None)).unwrap().is_empty(),
         "recover removed the rules"

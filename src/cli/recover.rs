@@ -31,6 +31,10 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
         return Ok(if failed > 0 { Code::Failed } else { Code::Ok });
     }
     let mut reverted = 0;
+    // runs whose faults were reverted here: their keys in etcd go too (a run that started
+    // its own rig took its cluster with it)
+    let mut runs = std::collections::BTreeSet::new();
+    let mut own_rig_runs = std::collections::BTreeSet::new();
     for e in entries.into_iter().rev() {
         let e = match e {
             Ok(e) => e,
@@ -52,6 +56,10 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
             Ok(()) => match ledger.remove(&e.id) {
                 Ok(()) => {
                     reverted += 1;
+                    runs.insert(e.run_id.clone());
+                    if matches!(e.fault, crate::fault::Fault::EphemeralRig { .. }) {
+                        own_rig_runs.insert(e.run_id.clone());
+                    }
                     println!("reverted: {} ({})", e.description, e.revert);
                 }
                 Err(err) => {
@@ -65,12 +73,47 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
             }
         }
     }
+    runs.retain(|r| !own_rig_runs.contains(r));
+    failed += rt.block_on(run_keys(g, &runs));
     failed += scratch_namespaces(g, &args, &rt)?;
     if !args.dry_run {
         failed += rt.block_on(access_pods(g))?;
     }
     println!("hadrill recover: {reverted} reverted, {failed} failed");
     Ok(if failed > 0 { Code::Failed } else { Code::Ok })
+}
+
+/// Deletes the etcd keys (`/hadrill/<run>/…`: probe keys, markers) of the runs whose faults
+/// were reverted, when the etcd target is given (flags, config, rig); otherwise says how.
+/// Returns how many deletions failed.
+async fn run_keys(g: &Global, runs: &std::collections::BTreeSet<String>) -> usize {
+    if runs.is_empty() {
+        return 0;
+    }
+    let etcd = match super::target::resolve(g) {
+        Ok(r) => super::target::build(&r, None).await.ok().and_then(|t| t.etcd),
+        Err(_) => None,
+    };
+    let Some(etcd) = etcd else {
+        for r in runs {
+            println!(
+                "keys the killed run may have written stay under /hadrill/{r}/ (no etcd target given): `etcdctl del --prefix /hadrill/{r}/` removes them"
+            );
+        }
+        return 0;
+    };
+    let mut failed = 0;
+    for r in runs {
+        let prefix = format!("/hadrill/{r}/");
+        match crate::probe::etcd::delete_prefix(&etcd, &prefix).await {
+            Ok(n) => println!("deleted {n} etcd keys under {prefix}"),
+            Err(e) => {
+                failed += 1;
+                println!("could not delete the etcd keys under {prefix}: {e}");
+            }
+        }
+    }
+    failed
 }
 
 /// With a kubeconfig (flag or config): deletes the node access pods hadrill left (found by

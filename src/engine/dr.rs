@@ -65,7 +65,7 @@ pub async fn check(ctx: &RunContext, within: Duration, st: &mut CaseState) -> Re
     st.log(format!("scratch directory {} (journaled; removed at the end of the case)", dir.display()));
     st.guards.push(g);
     let r = drill(ctx, &etcd, &tools, &dir, &prefix, within, st).await;
-    match delete_prefix(&etcd, &prefix).await {
+    match crate::probe::etcd::delete_prefix(&etcd, &prefix).await {
         Ok(n) => st.timeline.record("probe:cleanup", format!("deleted {n} marker keys under {prefix}")),
         Err(e) => {
             let m = format!("could not delete the marker keys under {prefix} (`etcdctl del --prefix {prefix}`): {e}");
@@ -174,20 +174,6 @@ async fn get(etcd: &EtcdTarget, key: &str) -> Result<Option<String>, String> {
         let mut c = etcd.member_client(&etcd.endpoints[0]).await.map_err(|e| e.to_string())?;
         let r = c.get(key, None).await.map_err(|e| crate::target::etcd::describe(&e))?;
         Ok(r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
-    };
-    tokio::time::timeout(etcd.request_timeout * 2, fut)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", etcd.request_timeout * 2)))
-}
-
-async fn delete_prefix(etcd: &EtcdTarget, prefix: &str) -> Result<i64, String> {
-    let fut = async {
-        let mut c = etcd.cluster_client(true).await.map_err(|e| e.to_string())?;
-        let r = c
-            .delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix()))
-            .await
-            .map_err(|e| crate::target::etcd::describe(&e))?;
-        Ok(r.deleted())
     };
     tokio::time::timeout(etcd.request_timeout * 2, fut)
         .await

@@ -162,3 +162,18 @@ pub async fn status_of(target: &EtcdTarget, endpoint: &str) -> Result<MemberStat
         Err(_) => Err(format!("no status answer within {deadline:?}")),
     }
 }
+
+/// Deletes every key under `prefix` through the cluster (require-leader); how many were
+/// deleted. Used to remove what hadrill wrote: probe keys, markers.
+pub async fn delete_prefix(etcd: &EtcdTarget, prefix: &str) -> Result<i64, String> {
+    let deadline = etcd.request_timeout * 2;
+    let fut = async {
+        let mut c = etcd.cluster_client(true).await.map_err(|e| e.to_string())?;
+        let r = c
+            .delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await
+            .map_err(|e| crate::target::etcd::describe(&e))?;
+        Ok(r.deleted())
+    };
+    tokio::time::timeout(deadline, fut).await.unwrap_or_else(|_| Err(format!("no answer within {deadline:?}")))
+}
