@@ -71,10 +71,15 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Re
         CheckSpec::EtcdServingCertValidFor { min_days, peers } => serving(ctx, *min_days, *peers, st).await?,
         other => return Err(StepEnd::Error(format!("not a certs check: {other:?}"))),
     };
+    with_untested(outcome, untested)
+}
+
+/// A verdict over the endpoints that could be tested: endpoints that could not be are an
+/// error when everything else passed (a pass must not hide them), and evidence otherwise.
+pub fn with_untested(mut outcome: CheckOutcome, untested: Vec<String>) -> Result<CheckOutcome, StepEnd> {
     if outcome.passed && !untested.is_empty() {
         return Err(StepEnd::Error(untested.join("; ")));
     }
-    let mut outcome = outcome;
     if !untested.is_empty() {
         outcome.evidence.push_str(&format!("not tested: {}\n", untested.join("; ")));
     }

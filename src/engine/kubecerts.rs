@@ -205,14 +205,7 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Re
         }
         other => return Err(StepEnd::Error(format!("not a Kubernetes certs check: {other:?}"))),
     };
-    if outcome.passed && !untested.is_empty() {
-        return Err(StepEnd::Error(untested.join("; ")));
-    }
-    let mut outcome = outcome;
-    if !untested.is_empty() {
-        outcome.evidence.push_str(&format!("not tested: {}\n", untested.join("; ")));
-    }
-    Ok(outcome)
+    super::certs::with_untested(outcome, untested)
 }
 
 async fn present(
