@@ -271,6 +271,12 @@ fn malformed_config_file() {
     let e = Env::new();
     let c = e.write("hadrill.yaml", "etcd:\n  endpoint: [x]\n");
     e.fails(&["run", "--config", c.to_str().unwrap(), "topology::"], 2, &[c.to_str().unwrap(), "endpoint"]);
+    // `list` reads the config too: refused the same way, and its suite_dirs are listed
+    e.fails(&["list", "--config", c.to_str().unwrap()], 2, &[c.to_str().unwrap(), "endpoint"]);
+    e.write("more/s.yaml", "suite: extra\ndescription: d\ncases:\n  - name: c\n    description: d\n    steps:\n      - check: etcd_one_leader\n");
+    let good = e.write("good.yaml", "suite_dirs: [more]\n");
+    let (o, shown) = e.hadrill(&["list", "--config", good.to_str().unwrap()]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("extra::c"), "{shown}");
 }
 
 #[test]

@@ -168,7 +168,9 @@ fn dispatch(cli: Cli) -> Result<Code, Fatal> {
             Ok(Code::Ok)
         }
         Command::List => {
-            let suites = load_suites(&cli.global, None)?;
+            // the config's suite directories are listed too, and a broken config is refused
+            let config = target::resolve(&cli.global)?.config;
+            let suites = load_suites(&cli.global, Some(&config))?;
             print!("{}", list_text(&suites));
             Ok(Code::Ok)
         }
