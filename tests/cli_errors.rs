@@ -116,6 +116,13 @@ fn garbage_kubeconfig_is_a_usage_error_naming_the_file_and_position() {
 }
 
 #[test]
+fn plan_refuses_a_broken_kubeconfig_instead_of_planning_without_it() {
+    let e = Env::new();
+    let kc = e.write("kc", "garbage\n");
+    e.fails(&["--kubeconfig", kc.to_str().unwrap(), "plan", "failover::"], 2, &[kc.to_str().unwrap()]);
+}
+
+#[test]
 fn kubeconfig_whose_current_context_is_missing() {
     let e = Env::new();
     let kc = e.write("kube/ghost.yaml", &KUBECONFIG.replace("current-context: ctx1", "current-context: ghost"));

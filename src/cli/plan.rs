@@ -18,7 +18,13 @@ pub fn plan(g: &Global, args: PlanArgs) -> Result<Code, Fatal> {
     let suites = load_suites(g, Some(&resolved.config))?;
     require_selection(&suites, &args.sel)?;
     let rt = super::runtime()?;
-    let t = rt.block_on(target::build(&resolved, None)).ok();
+    // no target at all: the cases only; a target that is given but broken (a malformed
+    // kubeconfig, a missing CA file …) is refused like anywhere else
+    let t = match rt.block_on(target::build(&resolved, None)) {
+        Ok(t) => Some(t),
+        Err(e) if e.message == target::NO_TARGET => None,
+        Err(e) => return Err(e),
+    };
     let access = match t.as_ref().and_then(|t| t.rig.as_ref()) {
         Some(r) => format!("local node access on rig {}", r.dir.display()),
         None => "the target's node access".to_string(),

@@ -54,6 +54,10 @@ fn default_kubeconfig() -> Option<PathBuf> {
 }
 
 /// Builds the target without contacting it. `rig` is the rig of `run --rig`, if any.
+/// What `build` says when nothing names a target (`plan` then shows the cases only).
+pub const NO_TARGET: &str =
+    "no target: give --etcd-endpoints (with --etcd-cacert/--etcd-cert/--etcd-key), --kubeconfig, --config FILE, or --rig";
+
 pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal> {
     let mut t = Target::default();
     let rig = match rig {
@@ -124,9 +128,7 @@ pub async fn build(r: &Resolved, rig: Option<RigState>) -> Result<Target, Fatal>
     t.node_access = r.config.node_access.clone();
     t.kube_ca_key = r.kube_ca_key.clone();
     if t.etcd.is_none() && t.kube.is_none() {
-        return Err(Fatal::usage(
-            "no target: give --etcd-endpoints (with --etcd-cacert/--etcd-cert/--etcd-key), --kubeconfig, --config FILE, or --rig",
-        ));
+        return Err(Fatal::usage(NO_TARGET));
     }
     Ok(t)
 }
