@@ -117,9 +117,10 @@ fn lb_only_binaries() -> Binaries {
     Binaries {
         dir: none.clone(),
         apiserver: none.join("kube-apiserver"),
-        controller_manager: none.join("kube-controller-manager"),
-        scheduler: none.join("kube-scheduler"),
+        controller_manager: Some(none.join("kube-controller-manager")),
+        scheduler: Some(none.join("kube-scheduler")),
         haproxy: rig::net::which("haproxy").unwrap(),
+        searched: format!("in {}", none.display()),
     }
 }
 
