@@ -117,9 +117,10 @@ fn lb_only_binaries() -> Binaries {
     Binaries {
         dir: none.clone(),
         apiserver: none.join("kube-apiserver"),
-        controller_manager: none.join("kube-controller-manager"),
-        scheduler: none.join("kube-scheduler"),
+        controller_manager: Some(none.join("kube-controller-manager")),
+        scheduler: Some(none.join("kube-scheduler")),
         haproxy: rig::net::which("haproxy").unwrap(),
+        searched: format!("in {}", none.display()),
     }
 }
 
@@ -396,7 +397,9 @@ class H(http.server.BaseHTTPRequestHandler):
         elif role == 'kube-apiserver' and self.path.startswith('/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/'):
             name = self.path.rsplit('/', 1)[1]
             holder = {'kube-controller-manager': 'controller-manager-1', 'kube-scheduler': 'scheduler-2'}.get(name)
-            if holder is None:
+            # held only when that component's stand-in is there to hold it: with no
+            # controller-manager a real apiserver has no such lease either
+            if holder is None or not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), name)):
                 self.send_error(404); return
             body = json.dumps({'apiVersion': 'coordination.k8s.io/v1', 'kind': 'Lease',
                 'metadata': {'name': name, 'namespace': 'kube-system'},
@@ -429,8 +432,13 @@ srv.serve_forever()
 "#;
 
 fn fake_live_kube_bin(dir: &Path) {
+    fake_live_kube_bins(dir, &rk::KUBE_BINARIES);
+}
+
+/// The stand-ins of `names` only (kube-apiserver alone: envtest's assets).
+fn fake_live_kube_bins(dir: &Path, names: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
-    for b in rk::KUBE_BINARIES {
+    for &b in names {
         let p = dir.join(b);
         std::fs::write(&p, FAKE_COMPONENT).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -571,4 +579,180 @@ fn bring_up_orchestration_with_stand_in_components() {
     assert!(leftovers(&d.dir).is_empty(), "{:?}", leftovers(&d.dir));
     let (code, out, err) = hadrill(&["rig", "down", "--dir", d.path()]);
     assert_eq!(code, 0, "{}", show(code, &out, &err));
+}
+
+/// The leases the stand-in apiserver answers for: only those of components whose stand-in is
+/// beside it, else 404 as from a real apiserver with no such holder. Without this the rig
+/// test below would see leases nobody holds.
+#[test]
+fn the_stand_in_apiserver_answers_leases_only_for_stand_ins_beside_it() {
+    if rig::net::which("python3").is_none() || rig::net::which("openssl").is_none() {
+        eprintln!(
+            "SKIPPED the_stand_in_apiserver_answers_leases_only_for_stand_ins_beside_it: python3 or openssl missing"
+        );
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    fake_live_kube_bins(d.path(), &["kube-apiserver", "kube-scheduler"]);
+    let (crt, key) = (d.path().join("s.crt"), d.path().join("s.key"));
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = d.path().join("a.log");
+    let argv: Vec<String> = vec![
+        d.path().join("kube-apiserver").display().to_string(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={port}"),
+        format!("--tls-cert-file={}", crt.display()),
+        format!("--tls-private-key-file={}", key.display()),
+        format!("--client-ca-file={}", crt.display()),
+    ];
+    let (pid, start) = rig::process::spawn_detached(&argv, &log).unwrap();
+    struct Stop(i32, u64);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if proc_::alive(self.0, self.1) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    let _stop = Stop(pid, start);
+    let get = |lease: &str| -> Option<u16> {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "--cacert"])
+            .arg(&crt)
+            .arg(format!("https://127.0.0.1:{port}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}"))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).parse().ok().filter(|c| *c != 0)
+    };
+    let mut code = None;
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            code = get("kube-scheduler");
+            code.is_some()
+        }),
+        "the stand-in did not answer: {}",
+        rig::process::tail(&log, 10)
+    );
+    assert_eq!(code, Some(200), "the scheduler's stand-in is beside it");
+    assert_eq!(get("kube-controller-manager"), Some(404), "no controller-manager stand-in beside it");
+}
+
+#[test]
+fn kube_apiserver_alone_runs_apiservers_and_the_lb_and_skips_what_needs_the_others() {
+    if skip_unless_root("kube_apiserver_alone_runs_apiservers_and_the_lb_and_skips_what_needs_the_others") {
+        return;
+    }
+    if rig::net::which("python3").is_none() {
+        eprintln!("SKIPPED kube_apiserver_alone_runs_apiservers_and_the_lb_and_skips_what_needs_the_others: python3 is not on PATH");
+        return;
+    }
+    let rt = runtime();
+    let d = RigDir::new();
+    // envtest's assets: kube-apiserver (etcd, kubectl) and nothing else
+    let fake = tempfile::tempdir().unwrap();
+    fake_live_kube_bins(fake.path(), &["kube-apiserver"]);
+    let bin = fake.path().display().to_string();
+    let (code, out, err) = hadrill(&["rig", "up", "--dir", d.path(), "--kube-bin", &bin]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+    assert!(err.contains(&format!("kube mode with the binaries in {bin} (apiservers, HAProxy)")), "{err}");
+    for (prog, plural) in [("kube-controller-manager", "controller-managers"), ("kube-scheduler", "schedulers")] {
+        let line = format!("{prog} not found in {bin}: no {plural}; cases that need them are skipped");
+        assert_eq!(err.lines().filter(|l| l.contains(&line)).count(), 1, "one stderr line for {prog}:\n{err}");
+        assert!(out.contains(&line), "rig up's description says so too:\n{out}");
+    }
+    let st = rig::status(&d.dir).unwrap();
+    let k = st.kube.clone().expect("kube mode recorded");
+    let names: Vec<&str> = k.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["lb", "apiserver-1", "apiserver-2", "apiserver-3"]);
+    assert_eq!(k.absent.iter().map(|a| a.role).collect::<Vec<_>>(), [Role::ControllerManager, Role::Scheduler]);
+    for h in &k.hosts {
+        assert!(proc_::alive(h.pid, h.start_time), "{} is not running", h.name);
+        assert_eq!(netns_name_of(h.pid), h.netns);
+    }
+    // nothing of the others was started, their namespaces not created
+    let nss =
+        String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+            .to_string();
+    assert!(!nss.contains(&format!("{}-cm1", st.id())) && !nss.contains(&format!("{}-sc1", st.id())), "{nss}");
+    assert!(rig::process::programs_with_arg(&["kube-controller-manager", "kube-scheduler"], &format!("{}/", d.path()))
+        .is_empty());
+    // the LB passes to every apiserver
+    let mut states = Vec::new();
+    let up = poll_until(Duration::from_secs(10), || {
+        states =
+            rt.block_on(rk::haproxy::backend_states(&k.haproxy_socket, Duration::from_secs(3))).unwrap_or_default();
+        states.len() == 3 && states.iter().all(|(_, s)| s == "UP")
+    });
+    assert!(up, "backends: {states:?}");
+    // the control plane faults see: apiservers and etcd, no controller-manager or scheduler
+    let cp = ControlPlane::from_rig(&st);
+    assert_eq!(cp.of(Component::Apiserver).len(), 3);
+    assert!(cp.of(Component::ControllerManager).is_empty() && cp.of(Component::Scheduler).is_empty());
+    // rig status says so
+    let (code, out, err) = hadrill(&["rig", "status", "--dir", d.path()]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+    assert!(out.contains(&format!("kube-controller-manager not found in {bin}: no controller-managers")), "{out}");
+    assert!(out.contains(&format!("kube-scheduler not found in {bin}: no schedulers")), "{out}");
+
+    // the takeover case and the lease check: skipped, naming the missing binary (not
+    // errors, not failures; `run` takes one filter: one run each)
+    let why_cm = format!("needs kube-controller-manager: the rig runs none (its binary was not found in {bin})");
+    let why_sc = format!("needs kube-scheduler: the rig runs none (its binary was not found in {bin})");
+    for (name, want) in [
+        ("failover::controller_manager_leader_takeover", why_cm.clone()),
+        ("topology::kube_leases_renewed", format!("{why_cm}; {why_sc}")),
+    ] {
+        let report = d.dir.join(format!("{}.json", name.replace("::", "-")));
+        let (code, out, err) = hadrill(&[
+            "--config",
+            &d.target_yaml(),
+            "run",
+            "--allow-disruption",
+            "--exact",
+            name,
+            "--json",
+            &report.display().to_string(),
+        ]);
+        assert_eq!(code, 0, "{name}: {}", show(code, &out, &err));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(r["counts"], serde_json::json!({"passed": 0, "failed": 0, "errors": 0, "skipped": 1}), "{r}");
+        let c = &r["cases"][0];
+        assert_eq!(format!("{}::{}", c["suite"].as_str().unwrap(), c["case"].as_str().unwrap()), name);
+        assert_eq!(c["verdict"], serde_json::json!({"status": "skipped", "reason": want}), "{c}");
+    }
+    // nothing was stopped by the skipped case
+    for h in &rig::status(&d.dir).unwrap().kube.unwrap().hosts {
+        let before = k.host(&h.name).unwrap();
+        assert_eq!((h.pid, h.start_time), (before.pid, before.start_time), "{} was restarted", h.name);
+    }
+
+    // an apiserver stopped and restarted as on a full rig
+    rt.block_on(async {
+        let (pid, start) = st.process("apiserver-3").unwrap();
+        let ledger_dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(ledger_dir.path()).unwrap();
+        let f = Fault::RigProcessStop {
+            rig_dir: st.dir.clone(),
+            name: "apiserver-3".into(),
+            pid,
+            start_time: start,
+            signal: StopSignal::Term,
+        };
+        let g = fault::inject(&ledger, f).await.unwrap();
+        assert!(!proc_::alive(pid, start));
+        g.revert().await.expect("apiserver-3 restarts and is ready");
+    });
+
+    let (code, out, err) = hadrill(&["rig", "down", "--dir", d.path()]);
+    assert_eq!(code, 0, "{}", show(code, &out, &err));
+    assert!(leftovers(&d.dir).is_empty(), "{:?}", leftovers(&d.dir));
 }

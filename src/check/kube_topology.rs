@@ -128,11 +128,17 @@ pub fn serving_cert_covers(sans: &[String], host: &str, served_by: &str) -> Chec
 /// The controller-manager and scheduler leases exist, have a holder and were renewed within
 /// their lease duration of `now`.
 pub fn leases_renewed(d: &Discovery, now: DateTime<Utc>) -> CheckOutcome {
+    leases_renewed_of(d, now, &LEASES, &[])
+}
+
+/// [`leases_renewed`] over the leases `names` only; `not_checked` (one line each) names the
+/// leases left out and why (a rig that does not run that component), in the message.
+pub fn leases_renewed_of(d: &Discovery, now: DateTime<Utc>, names: &[&str], not_checked: &[String]) -> CheckOutcome {
     const N: &str = "kube_leases_renewed";
     let mut bad = Vec::new();
     let mut evidence = format!("leases in kube-system at {}:\n", now.to_rfc3339());
     let mut out_m = Vec::new();
-    for name in LEASES {
+    for &name in names {
         let Some(l) = d.leases.iter().find(|l| l.name == name) else {
             bad.push(format!("{name}: not read"));
             continue;
@@ -167,13 +173,17 @@ pub fn leases_renewed(d: &Discovery, now: DateTime<Utc>) -> CheckOutcome {
             ));
         }
     }
-    let mut out = if bad.is_empty() {
+    let also =
+        if not_checked.is_empty() { String::new() } else { format!(" (not checked: {})", not_checked.join("; ")) };
+    let mut out = if bad.is_empty() && names.len() == LEASES.len() {
         CheckOutcome::pass(
             N,
             "controller-manager and scheduler leases are held and renewed within their lease duration",
         )
+    } else if bad.is_empty() {
+        CheckOutcome::pass(N, format!("lease {} is held and renewed within its lease duration{also}", names.join(", ")))
     } else {
-        CheckOutcome::fail(N, bad.join("; "))
+        CheckOutcome::fail(N, format!("{}{also}", bad.join("; ")))
     }
     .with_evidence(evidence);
     for m in out_m {

@@ -20,7 +20,9 @@ pub enum RigCmd {
         #[arg(long, value_enum, default_value_t = Isolation::Auto)]
         isolation: Isolation,
         /// Directory of kube-apiserver, kube-controller-manager and kube-scheduler (the
-        /// Kubernetes server release's bin directory); default: PATH, when all three are there.
+        /// Kubernetes server release's bin directory; kube-apiserver alone, as in envtest's
+        /// assets, runs no controller-managers or schedulers); default: PATH, when
+        /// kube-apiserver is there.
         #[arg(long, value_name = "DIR")]
         kube_bin: Option<PathBuf>,
         /// Only etcd, even when the Kubernetes binaries are on PATH.
@@ -49,10 +51,10 @@ pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
             let dir = dir.unwrap_or_else(rig::default_dir);
             let kube = kube_binaries(kube_bin.as_deref(), no_kube, isolation)?;
             if let Some(b) = &kube {
-                eprintln!(
-                    "hadrill: kube mode with the binaries in {} (apiservers, HAProxy, controller-managers, schedulers)",
-                    b.dir.display()
-                );
+                eprintln!("hadrill: kube mode with the binaries in {} ({})", b.dir.display(), b.runs());
+                for a in b.absent() {
+                    eprintln!("hadrill: {}", a.note());
+                }
             }
             let st = rt.block_on(rig::up_with_kube(&RigSpec { dir: dir.clone(), members, isolation }, kube)).map_err(
                 |e| {
@@ -95,8 +97,8 @@ pub fn rig(_g: &Global, cmd: RigCmd) -> Result<Code, Fatal> {
     }
 }
 
-/// The Kubernetes binaries for kube mode: those in `--kube-bin` (an error naming the first
-/// missing one), else those on PATH when all three are there and namespaces can be used.
+/// The Kubernetes binaries for kube mode: those in `--kube-bin` (an error when kube-apiserver
+/// is not there), else those on PATH when kube-apiserver is there and namespaces can be used.
 pub(super) fn kube_binaries(
     given: Option<&std::path::Path>,
     off: bool,

@@ -85,6 +85,9 @@ pub fn run(g: &Global, args: RunArgs) -> Result<Code, Fatal> {
         Some(d) => super::rigcmd::kube_binaries(Some(d), false, args.isolation)?,
         None => None,
     };
+    for a in kube.iter().flat_map(|b| b.absent()) {
+        eprintln!("hadrill: {}", a.note());
+    }
     let rt = super::runtime()?;
     crate::signals::install(&rt);
 

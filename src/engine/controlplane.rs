@@ -25,6 +25,41 @@ fn err(m: impl Into<String>) -> StepEnd {
     StepEnd::Error(m.into())
 }
 
+/// Why the target, a rig, runs no `c`: its binary was not found (kube-apiserver alone, as
+/// envtest's assets ship it). None on any other target, or when the rig runs it.
+pub fn rig_absent(t: &crate::target::Target, c: Component) -> Option<String> {
+    t.rig.as_ref()?.kube.as_ref()?.absent_component(c).map(|a| a.skip_reason())
+}
+
+/// The leader-election leases a rig has none of, each with the reason (see [`rig_absent`]).
+pub fn rig_absent_leases(t: &crate::target::Target) -> Vec<(&'static str, String)> {
+    [Component::ControllerManager, Component::Scheduler]
+        .into_iter()
+        .filter_map(|c| Some((c.lease()?, rig_absent(t, c)?)))
+        .collect()
+}
+
+/// Why `case` cannot run on a rig that does not run a component it stops, picks by or waits
+/// for (its binary was not found): checked before the first step, so that no probe starts.
+pub fn rig_case_needs_absent(t: &crate::target::Target, case: &crate::suite::Case) -> Result<(), String> {
+    use crate::suite::{AwaitSpec, Step};
+    for step in &case.steps {
+        let needs: Vec<Component> = match step {
+            Step::Inject(FaultSpec::ComponentStop { component, pick, .. }) => match pick {
+                InstancePick::LeaderOf(of) => vec![*component, *of],
+                _ => vec![*component],
+            },
+            Step::Inject(FaultSpec::KubeletStop { pick: InstancePick::LeaderOf(of) }) => vec![*of],
+            Step::Await(AwaitSpec::LeaseTakeover { component, .. }) => vec![*component],
+            _ => vec![],
+        };
+        if let Some(why) = needs.into_iter().find_map(|c| rig_absent(t, c)) {
+            return Err(why);
+        }
+    }
+    Ok(())
+}
+
 /// The target's control plane, resolved on first use and kept for the run.
 pub async fn control_plane(ctx: &RunContext) -> Result<&ControlPlane, StepEnd> {
     ctx.target.control_plane.get_or_try_init(|| resolve(ctx)).await
@@ -351,12 +386,20 @@ pub async fn resolve_fault(
             (i.host.clone(), stop_fault(ctx, &i, StopSignal::Term)?)
         }
         FaultSpec::ComponentStop { component, pick: p, signal } => {
+            // before any lease is read: a component that does not run has no leader to ask for
             if cp.of(*component).is_empty() {
-                return Err(StepEnd::Skip(format!(
-                    "needs {}: the target runs none that hadrill can see ({})",
-                    component.static_pod(),
-                    cp.source
-                )));
+                return Err(StepEnd::Skip(rig_absent(&ctx.target, *component).unwrap_or_else(|| {
+                    format!(
+                        "needs {}: the target runs none that hadrill can see ({})",
+                        component.static_pod(),
+                        cp.source
+                    )
+                })));
+            }
+            if let InstancePick::LeaderOf(of) = p {
+                if let Some(why) = rig_absent(&ctx.target, *of) {
+                    return Err(StepEnd::Skip(why));
+                }
             }
             let i = pick(ctx, st, cp, *component, *p, kube).await?;
             (i.host.clone(), stop_fault(ctx, &i, *signal)?)

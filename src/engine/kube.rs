@@ -13,10 +13,25 @@ pub async fn check(ctx: &RunContext, spec: &CheckSpec, st: &mut CaseState) -> Re
     let Some(k) = &ctx.target.kube else {
         return Err(StepEnd::Skip("needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()));
     };
+    // a rig that runs no controller-manager or scheduler (kube-apiserver alone) has no lease
+    // of theirs: that lease is not checked, and with neither the case is skipped
+    let absent = match spec {
+        CheckSpec::KubeLeasesRenewed => super::controlplane::rig_absent_leases(&ctx.target),
+        _ => Vec::new(),
+    };
+    if !absent.is_empty() && absent.len() == discovery::LEASES.len() {
+        let why: Vec<String> = absent.into_iter().map(|(_, why)| why).collect();
+        return Err(StepEnd::Skip(why.join("; ")));
+    }
     let client = kube::Client::try_from(k.config.clone())
         .map_err(|e| StepEnd::Error(format!("kubeconfig {}: {}", k.kubeconfig.display(), crate::exit::chain(&e))))?;
     (ctx.progress)(&st.name, "discovering the control plane");
     let d = discover(&client, &k.server, st).await?;
+    if !absent.is_empty() {
+        let names: Vec<&str> = discovery::LEASES.into_iter().filter(|l| absent.iter().all(|(a, _)| a != l)).collect();
+        let why: Vec<String> = absent.into_iter().map(|(_, why)| why).collect();
+        return Ok(kube_topology::leases_renewed_of(&d, Utc::now(), &names, &why));
+    }
     Ok(apply(spec, &d, Utc::now()))
 }
 

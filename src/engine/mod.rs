@@ -263,7 +263,7 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
             Requirement::Kubelet => failover::kubelet_available(t)?,
         }
     }
-    Ok(())
+    controlplane::rig_case_needs_absent(t, case)
 }
 
 /// The number of etcd members known without contacting anyone: the rig's, else the facts'.

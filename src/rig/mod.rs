@@ -278,6 +278,9 @@ fn describe_kube(k: &kube::KubeRigState) -> String {
             h.version.as_deref().unwrap_or("")
         ));
     }
+    for a in &k.absent {
+        out.push_str(&format!("  {}\n", a.note()));
+    }
     out.push_str("kube logs:\n");
     for h in &k.hosts {
         out.push_str(&format!("  {:<21} {}\n", h.name, h.log.display()));

@@ -187,3 +187,25 @@ fn not_ready_within_grace_plus_slack() {
     );
     assert!(!node_not_ready_within("cp-1", None, g, s).passed);
 }
+
+#[test]
+fn leases_of_a_component_not_run_are_left_out_and_said_so_but_the_others_still_judged() {
+    let mut x = d();
+    x.leases[0].exists = false; // kube-controller-manager: no lease (the rig runs none)
+    let why = ["needs kube-controller-manager: the rig runs none (its binary was not found in /b)".to_string()];
+    let c = leases_renewed_of(&x, at("2024-03-04T10:02:20Z"), &["kube-scheduler"], &why);
+    assert!(c.passed, "{}", c.message);
+    assert!(
+        c.message.starts_with("lease kube-scheduler is held")
+            && c.message.contains("not checked: needs kube-controller-manager"),
+        "{}",
+        c.message
+    );
+    assert_eq!(c.measurements.len(), 1);
+    // the lease still checked still fails when stale
+    let c = leases_renewed_of(&x, at("2024-03-04T10:02:28Z"), &["kube-scheduler"], &why);
+    assert!(!c.passed && c.message.contains("kube-scheduler: held by cp-1_"), "{}", c.message);
+    // a real cluster without the lease (nothing left out) still fails
+    let c = leases_renewed(&x, at("2024-03-04T10:02:20Z"));
+    assert!(!c.passed && c.message.contains("kube-controller-manager: the lease does not exist"), "{}", c.message);
+}

@@ -233,3 +233,166 @@ async fn the_control_plane_is_resolved_through_discovery_on_the_mock() {
     assert_eq!(cp.instances.len(), 15);
     assert!(cp.instances.iter().all(|i| matches!(i.access, Some(NodeAccess::Pod { .. }))));
 }
+
+/// A kube-mode rig started with kube-apiserver alone (envtest's assets): apiservers and the
+/// LB, no controller-manager or scheduler, both recorded as absent; its control plane as
+/// `from_rig` builds it, and a Kubernetes API (the LB) for the leases.
+fn envtest_rig(absent: &[crate::rig::kube::Role]) -> RunContext {
+    use crate::rig::kube::{Absent, KubeHost, KubeRigState, Role};
+    let dir = std::path::PathBuf::from("/tmp/hadrill-envtest-rig");
+    let host = |name: &str, role: Role, addr: &str| KubeHost {
+        name: name.into(),
+        role,
+        netns: format!("hd000000-{name}"),
+        address: addr.into(),
+        port: role.port(),
+        argv: vec![],
+        pid: 0,
+        start_time: 0,
+        log: dir.join(name),
+        version: None,
+    };
+    let mut hosts = vec![host("lb", Role::LoadBalancer, "10.1.2.100")];
+    for i in 1..=3 {
+        hosts.push(host(&format!("apiserver-{i}"), Role::Apiserver, &format!("10.1.2.10{i}")));
+    }
+    for (role, name, addr) in [
+        (Role::ControllerManager, "controller-manager-1", "10.1.2.111"),
+        (Role::Scheduler, "scheduler-1", "10.1.2.121"),
+    ] {
+        if !absent.contains(&role) {
+            hosts.push(host(name, role, addr));
+        }
+    }
+    let k = KubeRigState {
+        bin_dir: "/opt/envtest/bin".into(),
+        pki_dir: dir.join("pki/kube"),
+        server: "https://10.1.2.100:6443".into(),
+        admin_kubeconfig: dir.join("kube/admin.conf"),
+        controller_manager_kubeconfig: dir.join("kube/controller-manager.conf"),
+        scheduler_kubeconfig: dir.join("kube/scheduler.conf"),
+        haproxy_config: dir.join("kube/lb/haproxy.cfg"),
+        haproxy_socket: dir.join("kube/lb/haproxy.sock"),
+        service_cidr: "10.96.0.0/12".into(),
+        hosts,
+        absent: absent.iter().map(|&role| Absent { role, searched: "in /opt/envtest/bin".into() }).collect(),
+    };
+    let rig = crate::rig::RigState {
+        dir: dir.clone(),
+        isolation: crate::rig::Isolation::Netns,
+        members: vec![],
+        ca_cert: dir.join("pki/ca.crt"),
+        client_cert: dir.join("pki/c.crt"),
+        client_key: dir.join("pki/c.key"),
+        election_timeout_ms: 1000,
+        heartbeat_interval_ms: 100,
+        kube: Some(k),
+    };
+    let cp = ControlPlane::from_rig(&rig);
+    let c = with_cp(cp, None);
+    let mut t = (*c.target).clone();
+    t.rig = Some(rig);
+    RunContext { target: Arc::new(t), ..c }
+}
+
+#[tokio::test]
+async fn a_rig_without_the_components_binary_skips_naming_it_before_any_lease_is_read() {
+    use crate::rig::kube::Role;
+    let c = envtest_rig(&[Role::ControllerManager, Role::Scheduler]);
+    let cp = control_plane(&c).await.ok().unwrap();
+    assert_eq!(cp.of(Component::Apiserver).len(), 3);
+    assert!(cp.of(Component::ControllerManager).is_empty() && cp.of(Component::Scheduler).is_empty());
+    // the leases would answer: the skip must come first, without asking
+    let (client, seen, _t) = mock_client(vec![route(LEASE_KCM, None, 200, lease("controller-manager-1_0d1e2f"))]);
+    for p in [InstancePick::Leader, InstancePick::NotLeader, InstancePick::Any] {
+        let spec =
+            FaultSpec::ComponentStop { component: Component::ControllerManager, pick: p, signal: StopSignal::Term };
+        let s = skip(resolve_fault(&c, &spec, &mut state(1), Some(&client)).await);
+        assert_eq!(
+            s,
+            "needs kube-controller-manager: the rig runs none (its binary was not found in /opt/envtest/bin)"
+        );
+    }
+    // an apiserver picked by the scheduler leader's host: the scheduler is named
+    let spec = FaultSpec::ComponentStop {
+        component: Component::Apiserver,
+        pick: InstancePick::LeaderOf(Component::Scheduler),
+        signal: StopSignal::Term,
+    };
+    let s = skip(resolve_fault(&c, &spec, &mut state(1), Some(&client)).await);
+    assert_eq!(s, "needs kube-scheduler: the rig runs none (its binary was not found in /opt/envtest/bin)");
+    assert!(seen.lock().unwrap().is_empty(), "a lease was read: {:?}", seen.lock().unwrap());
+    // an apiserver is still stopped as a rig process
+    let spec =
+        FaultSpec::ComponentStop { component: Component::Apiserver, pick: InstancePick::Any, signal: StopSignal::Term };
+    match resolve_fault(&c, &spec, &mut state(1), Some(&client)).await {
+        // the state file does not exist here: the rig process is looked up and not found
+        Err(StepEnd::Error(e)) => assert!(e.contains("hadrill-envtest-rig"), "{e}"),
+        Err(StepEnd::Skip(s)) => panic!("an apiserver must not be skipped: {s}"),
+        Err(StepEnd::Failed(f)) => panic!("failed: {}", f.message),
+        Ok((h, f)) => panic!("resolved to {h} with no rig state on disk: {}", f.describe()),
+    }
+}
+
+#[tokio::test]
+async fn cases_that_stop_or_wait_for_an_absent_component_are_skipped_before_their_first_step() {
+    use crate::rig::kube::Role;
+    use crate::suite::{AwaitSpec, Case, CheckSpec, ProbeSpec, Step};
+    let case = |steps: Vec<Step>| Case {
+        name: "x".into(),
+        description: "d".into(),
+        disruptive: true,
+        requires: vec![crate::suite::Requirement::Kubernetes],
+        ignore: None,
+        steps,
+    };
+    let takeover = case(vec![
+        Step::Probe(ProbeSpec::KubeWatch),
+        Step::Inject(FaultSpec::ComponentStop {
+            component: Component::ControllerManager,
+            pick: InstancePick::Leader,
+            signal: StopSignal::Term,
+        }),
+        Step::Await(AwaitSpec::LeaseTakeover {
+            component: Component::ControllerManager,
+            slack: Duration::from_secs(5),
+        }),
+        Step::Heal,
+        Step::Check(CheckSpec::KubeLeasesRenewed),
+    ]);
+    let c = envtest_rig(&[Role::ControllerManager]);
+    let e = crate::engine::preconditions(&c, &takeover).unwrap_err();
+    assert_eq!(e, "needs kube-controller-manager: the rig runs none (its binary was not found in /opt/envtest/bin)");
+    // the scheduler runs on this rig: its takeover case is not held back
+    let sched = case(vec![Step::Await(AwaitSpec::LeaseTakeover {
+        component: Component::Scheduler,
+        slack: Duration::from_secs(5),
+    })]);
+    assert!(crate::engine::preconditions(&c, &sched).is_ok());
+    // a rig with all of them, and a cluster, hold nothing back
+    assert!(crate::engine::preconditions(&envtest_rig(&[]), &takeover).is_ok());
+    assert!(crate::engine::preconditions(&ctx("backend: docker\n"), &takeover).is_ok());
+}
+
+#[tokio::test]
+async fn kube_leases_renewed_is_skipped_on_a_rig_running_neither_leader_elected_component() {
+    use crate::rig::kube::Role;
+    let c = envtest_rig(&[Role::ControllerManager, Role::Scheduler]);
+    match crate::engine::kube::check(&c, &crate::suite::CheckSpec::KubeLeasesRenewed, &mut state(1)).await {
+        Err(StepEnd::Skip(s)) => assert_eq!(
+            s,
+            "needs kube-controller-manager: the rig runs none (its binary was not found in /opt/envtest/bin); \
+             needs kube-scheduler: the rig runs none (its binary was not found in /opt/envtest/bin)"
+        ),
+        Err(StepEnd::Error(e)) => panic!("error, not a skip: {e}"),
+        Err(StepEnd::Failed(f)) => panic!("failed, not a skip: {}", f.message),
+        Ok(o) => panic!("judged, not skipped: {}", o.message),
+    }
+    assert_eq!(rig_absent_leases(&c.target).len(), 2);
+    // with both running nothing is left out (the check then asks the API)
+    assert!(rig_absent_leases(&envtest_rig(&[]).target).is_empty());
+    assert_eq!(
+        rig_absent_leases(&envtest_rig(&[Role::Scheduler]).target).iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        ["kube-scheduler"]
+    );
+}

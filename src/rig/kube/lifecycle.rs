@@ -68,7 +68,8 @@ pub async fn plan(st: &RigState, bins: &Binaries) -> Result<KubeRigState, RigErr
     let unshare =
         net::which("unshare").ok_or_else(|| other(dir, "kube mode needs util-linux's unshare on PATH".into()))?;
     let dirs = KubeDirs::new(dir);
-    let places = super::places(gateway(st)?);
+    let absent = bins.absent();
+    let places = super::places(gateway(st)?, &absent.iter().map(|a| a.role).collect::<Vec<_>>());
     let lb = places.iter().find(|p| p.role == Role::LoadBalancer).expect("places has a load balancer");
     let of = |r: Role| places.iter().filter(move |p| p.role == r);
     let apiservers: Vec<(String, Ipv4Addr)> = of(Role::Apiserver).map(|p| (p.name.clone(), p.address)).collect();
@@ -124,7 +125,9 @@ pub async fn plan(st: &RigState, bins: &Binaries) -> Result<KubeRigState, RigErr
             Role::Scheduler => flags::scheduler(&layout, &p.name, p.address),
         };
         let netns = net::netns_name(&id, &p.short);
-        let bin = bins.of(p.role);
+        let bin = bins
+            .of(p.role)
+            .ok_or_else(|| other(dir, format!("kube mode: no {} was found for {}", p.role.program(), p.name)))?;
         let version = if p.role == Role::LoadBalancer { None } else { version_of(bin).await };
         hosts.push(KubeHost {
             name: p.name.clone(),
@@ -150,6 +153,7 @@ pub async fn plan(st: &RigState, bins: &Binaries) -> Result<KubeRigState, RigErr
         haproxy_socket,
         service_cidr: super::SERVICE_CIDR.into(),
         hosts,
+        absent,
     })
 }
 
@@ -308,7 +312,8 @@ pub async fn wait_api_through_lb(dir: &Path, k: &KubeRigState, within: Duration)
 }
 
 /// Waits until the `kube-controller-manager` and `kube-scheduler` leases in `kube-system`
-/// are held by one of the rig's hosts.
+/// are held by one of the rig's hosts; a component the rig does not run (its binary was not
+/// found) has no lease to wait for.
 pub async fn wait_leases(dir: &Path, k: &KubeRigState, within: Duration) -> Result<(), RigError> {
     use k8s_openapi::api::coordination::v1::Lease;
     let kc = kube::config::Kubeconfig::read_from(&k.admin_kubeconfig).map_err(|e| other(dir, e.to_string()))?;
@@ -319,6 +324,9 @@ pub async fn wait_leases(dir: &Path, k: &KubeRigState, within: Duration) -> Resu
     let end = Instant::now() + within;
     for (lease, role) in [("kube-controller-manager", Role::ControllerManager), ("kube-scheduler", Role::Scheduler)] {
         let ours: Vec<&str> = k.of(role).map(|h| h.name.as_str()).collect();
+        if ours.is_empty() {
+            continue;
+        }
         loop {
             let got = tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(lease)).await;
             let why = match got {
@@ -332,7 +340,7 @@ pub async fn wait_leases(dir: &Path, k: &KubeRigState, within: Duration) -> Resu
                 Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
             };
             if Instant::now() >= end {
-                let h = k.of(role).next().expect("kube mode has this role");
+                let h = k.of(role).next().expect("ours is not empty");
                 return Err(not_ready(dir, h, format!("lease kube-system/{lease} within {within:?}: {why}")));
             }
             tokio::time::sleep(POLL_EVERY).await;
@@ -344,6 +352,10 @@ pub async fn wait_leases(dir: &Path, k: &KubeRigState, within: Duration) -> Resu
 async fn start_and_wait(st: &mut RigState, role: Role, within: Duration) -> Result<(), RigError> {
     let t = Instant::now();
     let names: Vec<String> = st.kube.as_ref().map(|k| k.of(role).map(|h| h.name.clone()).collect()).unwrap_or_default();
+    if names.is_empty() {
+        // its binary was not found: recorded in the state as absent, nothing to start
+        return Ok(());
+    }
     for n in &names {
         start_host(st, n)?;
     }
@@ -357,7 +369,8 @@ async fn start_and_wait(st: &mut RigState, role: Role, within: Duration) -> Resu
 }
 
 /// Brings kube mode up on a running etcd rig (members healthy): plan, hosts, apiservers,
-/// HAProxy, the API through it, controller-managers and schedulers, their leases. The state
+/// HAProxy, the API through it, controller-managers and schedulers, their leases (of those
+/// whose binaries were found). The state
 /// is written after every start, so that `down` finds every process if this fails.
 pub async fn up(st: &mut RigState, bins: &Binaries) -> Result<(), RigError> {
     let t = Instant::now();

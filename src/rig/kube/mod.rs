@@ -1,7 +1,9 @@
 //! The rig's kube mode: a whole HA control plane on this machine from the Kubernetes server
 //! binaries — 3 kube-apiservers behind HAProxy, 2 kube-controller-managers and 2
 //! kube-schedulers with leader election — each a host of its own (network namespace with its
-//! own address on the rig's bridge, UTS namespace with its own hostname).
+//! own address on the rig's bridge, UTS namespace with its own hostname). With kube-apiserver
+//! alone (envtest's assets), the apiservers and HAProxy only: what is absent is recorded, and
+//! the cases that need it are skipped with that reason.
 //!
 //! - [`pki`]: the Kubernetes PKI in kubeadm's layout and names (`<rig>/pki/kube`).
 //! - [`kubeconfig`]: the kubeconfigs (admin, controller-manager, scheduler) through the LB.
@@ -103,6 +105,46 @@ impl Role {
             Role::Scheduler => "kube-scheduler",
         }
     }
+    /// What its hosts are called together (`controller-managers`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Role::LoadBalancer => "load balancers",
+            Role::Apiserver => "apiservers",
+            Role::ControllerManager => "controller-managers",
+            Role::Scheduler => "schedulers",
+        }
+    }
+    /// The role that runs `c`, if kube mode runs it at all.
+    pub fn of_component(c: crate::suite::Component) -> Option<Role> {
+        [Role::Apiserver, Role::ControllerManager, Role::Scheduler].into_iter().find(|r| r.component() == Some(c))
+    }
+}
+
+/// A component kube mode does not run because its binary was not found (kube-apiserver
+/// alone, as envtest's assets ship it), as recorded in `rig.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Absent {
+    pub role: Role,
+    /// Where it was looked for: `in /path/to/bin` or `on PATH`.
+    pub searched: String,
+}
+
+impl Absent {
+    /// The one line `rig up` and `rig status` print: `kube-controller-manager not found in
+    /// DIR: no controller-managers; cases that need them are skipped`.
+    pub fn note(&self) -> String {
+        format!(
+            "{} not found {}: no {}; cases that need them are skipped",
+            self.role.program(),
+            self.searched,
+            self.role.plural()
+        )
+    }
+    /// The reason a case that needs it is skipped with: `needs kube-controller-manager: the
+    /// rig runs none (its binary was not found in DIR)`.
+    pub fn skip_reason(&self) -> String {
+        format!("needs {}: the rig runs none (its binary was not found {})", self.role.program(), self.searched)
+    }
 }
 
 /// Where one host is: its hostname, interface short name, namespace and address.
@@ -118,8 +160,9 @@ pub struct Place {
 }
 
 /// Every host of kube mode on the rig subnet whose gateway is `gateway`, LB first, then
-/// apiservers, controller-managers, schedulers.
-pub fn places(gateway: Ipv4Addr) -> Vec<Place> {
+/// apiservers, controller-managers, schedulers; none of the roles in `absent` (their
+/// binaries were not found). A role's addresses do not depend on which others run.
+pub fn places(gateway: Ipv4Addr, absent: &[Role]) -> Vec<Place> {
     let o = gateway.octets();
     let mut out = Vec::new();
     for (role, count) in [
@@ -128,6 +171,9 @@ pub fn places(gateway: Ipv4Addr) -> Vec<Place> {
         (Role::ControllerManager, CONTROLLER_MANAGERS),
         (Role::Scheduler, SCHEDULERS),
     ] {
+        if absent.contains(&role) {
+            continue;
+        }
         for i in 0..count {
             let (long, short) = role.names();
             let (name, short) = if role == Role::LoadBalancer {
@@ -180,6 +226,9 @@ pub struct KubeRigState {
     pub service_cidr: String,
     /// LB first, then apiservers, controller-managers, schedulers.
     pub hosts: Vec<KubeHost>,
+    /// The components not run because their binaries were not found (none in older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<Absent>,
 }
 
 impl KubeRigState {
@@ -191,6 +240,11 @@ impl KubeRigState {
     }
     pub fn lb(&self) -> Option<&KubeHost> {
         self.of(Role::LoadBalancer).next()
+    }
+    /// Why the rig runs no instance of `c`, when that is because its binary was not found.
+    pub fn absent_component(&self, c: crate::suite::Component) -> Option<&Absent> {
+        let role = Role::of_component(c)?;
+        self.absent.iter().find(|a| a.role == role)
     }
 }
 
@@ -214,14 +268,17 @@ impl KubeDirs {
     }
 }
 
-/// The programs kube mode runs, found.
+/// The programs kube mode runs, found: kube-apiserver and HAProxy always; the
+/// controller-manager and the scheduler when they are where kube-apiserver was found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binaries {
     pub dir: PathBuf,
     pub apiserver: PathBuf,
-    pub controller_manager: PathBuf,
-    pub scheduler: PathBuf,
+    pub controller_manager: Option<PathBuf>,
+    pub scheduler: Option<PathBuf>,
     pub haproxy: PathBuf,
+    /// Where the Kubernetes binaries were looked for: `in DIR` or `on PATH`.
+    pub searched: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -240,50 +297,74 @@ fn executable(p: &Path) -> bool {
 }
 
 impl Binaries {
-    /// The Kubernetes binaries in `dir` (all three must be there), else on PATH; HAProxy on
-    /// PATH (or in `dir`). The error names the first one missing and where it was looked for.
+    /// The Kubernetes binaries in `dir`, else on PATH: kube-apiserver must be there (the
+    /// error names where it was looked for); kube-controller-manager and kube-scheduler are
+    /// taken from the same place when there, else not run (envtest's assets hold
+    /// kube-apiserver alone). HAProxy on PATH (or in `dir`).
     pub fn find(dir: Option<&Path>) -> Result<Self, FindError> {
-        let mut found = Vec::new();
-        for b in KUBE_BINARIES {
+        Self::find_with(dir, &|b: &str| super::net::which(b))
+    }
+
+    /// [`Binaries::find`] with `which` standing for the PATH lookup.
+    fn find_with(dir: Option<&Path>, which: &dyn Fn(&str) -> Option<PathBuf>) -> Result<Self, FindError> {
+        let look = |b: &str| -> Option<PathBuf> {
             let p = match dir {
-                Some(d) => {
-                    let p = d.join(b);
-                    if !executable(&p) {
-                        return Err(FindError::NotInDir { binary: b.into(), dir: d.display().to_string() });
-                    }
-                    p
-                }
-                None => super::net::which(b).ok_or_else(|| FindError::NotOnPath { binary: b.into() })?,
+                Some(d) => Some(d.join(b)).filter(|p| executable(p))?,
+                None => which(b)?,
             };
-            found.push(std::path::absolute(&p).unwrap_or(p));
-        }
+            Some(std::path::absolute(&p).unwrap_or(p))
+        };
+        let [a, cm, sc] = KUBE_BINARIES;
+        let apiserver = look(a).ok_or_else(|| match dir {
+            Some(d) => FindError::NotInDir { binary: a.into(), dir: d.display().to_string() },
+            None => FindError::NotOnPath { binary: a.into() },
+        })?;
         let haproxy = dir
             .map(|d| d.join("haproxy"))
             .filter(|p| executable(p))
-            .or_else(|| super::net::which("haproxy"))
+            .or_else(|| which("haproxy"))
             .ok_or_else(|| FindError::NotOnPath { binary: "haproxy".into() })?;
-        let bin_dir = found[0].parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Self {
-            dir: bin_dir,
-            apiserver: found[0].clone(),
-            controller_manager: found[1].clone(),
-            scheduler: found[2].clone(),
-            haproxy,
-        })
+        let bin_dir = apiserver.parent().map(Path::to_path_buf).unwrap_or_default();
+        let searched = match dir {
+            Some(_) => format!("in {}", bin_dir.display()),
+            None => "on PATH".to_string(),
+        };
+        Ok(Self { dir: bin_dir, controller_manager: look(cm), scheduler: look(sc), apiserver, haproxy, searched })
     }
 
-    /// Whether all three Kubernetes binaries are on PATH (kube mode without `--kube-bin`).
+    /// kube-apiserver (and HAProxy) on PATH: kube mode without `--kube-bin`.
     pub fn on_path() -> Option<Self> {
         Self::find(None).ok()
     }
 
-    pub fn of(&self, role: Role) -> &Path {
+    /// The program of `role`; None when it was not found.
+    pub fn of(&self, role: Role) -> Option<&Path> {
         match role {
-            Role::LoadBalancer => &self.haproxy,
-            Role::Apiserver => &self.apiserver,
-            Role::ControllerManager => &self.controller_manager,
-            Role::Scheduler => &self.scheduler,
+            Role::LoadBalancer => Some(&self.haproxy),
+            Role::Apiserver => Some(&self.apiserver),
+            Role::ControllerManager => self.controller_manager.as_deref(),
+            Role::Scheduler => self.scheduler.as_deref(),
         }
+    }
+
+    /// The components not found, and where they were looked for.
+    pub fn absent(&self) -> Vec<Absent> {
+        [Role::ControllerManager, Role::Scheduler]
+            .into_iter()
+            .filter(|r| self.of(*r).is_none())
+            .map(|role| Absent { role, searched: self.searched.clone() })
+            .collect()
+    }
+
+    /// What runs, for `rig up`'s first line: `apiservers, HAProxy, controller-managers, schedulers`.
+    pub fn runs(&self) -> String {
+        let mut out = vec!["apiservers", "HAProxy"];
+        for r in [Role::ControllerManager, Role::Scheduler] {
+            if self.of(r).is_some() {
+                out.push(r.plural());
+            }
+        }
+        out.join(", ")
     }
 }
 
@@ -300,7 +381,7 @@ mod tests {
 
     #[test]
     fn places_have_distinct_addresses_and_short_names_that_fit() {
-        let p = places(Ipv4Addr::new(10, 213, 7, 1));
+        let p = places(Ipv4Addr::new(10, 213, 7, 1), &[]);
         let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
@@ -330,6 +411,98 @@ mod tests {
     }
 
     #[test]
+    fn places_leave_out_the_absent_roles_and_keep_the_others_addresses() {
+        let gw = Ipv4Addr::new(10, 213, 7, 1);
+        let p = places(gw, &[Role::ControllerManager, Role::Scheduler]);
+        let names: Vec<&str> = p.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["lb", "apiserver-1", "apiserver-2", "apiserver-3"]);
+        assert_eq!(p[3].address, Ipv4Addr::new(10, 213, 7, 103));
+        // the scheduler alone absent: the controller-managers keep .111 and .112
+        let p = places(gw, &[Role::Scheduler]);
+        let cms: Vec<String> =
+            p.iter().filter(|p| p.role == Role::ControllerManager).map(|p| p.address.to_string()).collect();
+        assert_eq!(cms, ["10.213.7.111", "10.213.7.112"]);
+        assert!(p.iter().all(|p| p.role != Role::Scheduler));
+    }
+
+    fn put(dir: &Path, names: &[&str]) {
+        use std::os::unix::fs::PermissionsExt;
+        for b in names {
+            let p = dir.join(b);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    #[test]
+    fn kube_apiserver_alone_in_the_dir_is_kube_mode_without_controller_managers_and_schedulers() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), &["kube-apiserver", "haproxy"]);
+        let b = Binaries::find(Some(d.path())).unwrap();
+        assert_eq!(b.apiserver, d.path().join("kube-apiserver"));
+        assert_eq!((b.controller_manager.as_deref(), b.scheduler.as_deref()), (None, None));
+        assert_eq!(b.of(Role::ControllerManager), None);
+        let dir = d.path().display().to_string();
+        let absent = b.absent();
+        assert_eq!(
+            absent,
+            [
+                Absent { role: Role::ControllerManager, searched: format!("in {dir}") },
+                Absent { role: Role::Scheduler, searched: format!("in {dir}") }
+            ]
+        );
+        assert_eq!(
+            absent[0].note(),
+            format!(
+                "kube-controller-manager not found in {dir}: no controller-managers; cases that need them are skipped"
+            )
+        );
+        assert_eq!(
+            absent[1].skip_reason(),
+            format!("needs kube-scheduler: the rig runs none (its binary was not found in {dir})")
+        );
+        assert_eq!(b.runs(), "apiservers, HAProxy");
+        // one of the two there: taken, the other absent
+        put(d.path(), &["kube-scheduler"]);
+        let b = Binaries::find(Some(d.path())).unwrap();
+        assert_eq!(b.scheduler, Some(d.path().join("kube-scheduler")));
+        assert_eq!(b.absent().iter().map(|a| a.role).collect::<Vec<_>>(), [Role::ControllerManager]);
+        assert_eq!(b.runs(), "apiservers, HAProxy, schedulers");
+    }
+
+    #[test]
+    fn all_three_in_the_dir_leave_nothing_absent() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "haproxy"]);
+        let b = Binaries::find(Some(d.path())).unwrap();
+        assert_eq!(b.controller_manager, Some(d.path().join("kube-controller-manager")));
+        assert_eq!(b.scheduler, Some(d.path().join("kube-scheduler")));
+        assert_eq!(b.haproxy, d.path().join("haproxy"));
+        assert!(b.absent().is_empty());
+        assert_eq!(b.dir, d.path());
+        assert_eq!(b.runs(), "apiservers, HAProxy, controller-managers, schedulers");
+    }
+
+    #[test]
+    fn on_path_kube_apiserver_turns_kube_mode_on_and_the_others_are_optional() {
+        let d = tempfile::tempdir().unwrap();
+        put(d.path(), &["kube-apiserver", "haproxy"]);
+        let dir = d.path().to_path_buf();
+        let path = move |b: &str| Some(dir.join(b)).filter(|p| p.exists());
+        let b = Binaries::find_with(None, &path).unwrap();
+        assert_eq!(b.apiserver, d.path().join("kube-apiserver"));
+        assert_eq!(b.scheduler, None);
+        assert_eq!(
+            b.absent()[0].note(),
+            "kube-controller-manager not found on PATH: no controller-managers; cases that need them are skipped"
+        );
+        // no kube-apiserver on PATH: no kube mode, whatever else is there
+        let e = Binaries::find_with(None, &|b: &str| (b != "kube-apiserver").then(|| PathBuf::from("/x").join(b)))
+            .unwrap_err();
+        assert_eq!(e, FindError::NotOnPath { binary: "kube-apiserver".into() });
+    }
+
+    #[test]
     fn version_is_read_from_the_binary_banner() {
         assert_eq!(parse_version("Kubernetes v1.26.3\n").as_deref(), Some("v1.26.3"));
         assert_eq!(parse_version("Kubernetes v1.30.0-alpha.1"), Some("v1.30.0-alpha.1".into()));
@@ -338,26 +511,21 @@ mod tests {
     }
 
     #[test]
-    fn missing_binary_is_named_with_its_directory() {
+    fn missing_kube_apiserver_is_named_with_its_directory() {
         let d = tempfile::tempdir().unwrap();
         let e = Binaries::find(Some(d.path())).unwrap_err();
         assert_eq!(e, FindError::NotInDir { binary: "kube-apiserver".into(), dir: d.path().display().to_string() });
-        // the first two present and executable: the third is named
-        use std::os::unix::fs::PermissionsExt;
-        for b in ["kube-apiserver", "kube-controller-manager"] {
-            let p = d.path().join(b);
-            std::fs::write(&p, "#!/bin/sh\n").unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        // the other two (and HAProxy) without kube-apiserver: still refused
+        put(d.path(), &["kube-controller-manager", "kube-scheduler", "haproxy"]);
         let e = Binaries::find(Some(d.path())).unwrap_err();
-        assert!(e.to_string().contains("kube-scheduler not found in"), "{e}");
+        assert!(e.to_string().contains("kube-apiserver not found in"), "{e}");
         // present but not executable is missing
-        let p = d.path().join("kube-scheduler");
+        let p = d.path().join("kube-apiserver");
         std::fs::write(&p, "x").unwrap();
         assert!(matches!(Binaries::find(Some(d.path())), Err(FindError::NotInDir { .. })));
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        put(d.path(), &["kube-apiserver"]);
         let b = Binaries::find(Some(d.path())).unwrap();
-        assert_eq!(b.scheduler, d.path().join("kube-scheduler"));
+        assert_eq!(b.apiserver, d.path().join("kube-apiserver"));
         assert_eq!(b.dir, d.path());
     }
 }
