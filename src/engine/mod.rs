@@ -252,7 +252,7 @@ pub fn preconditions(ctx: &RunContext, case: &Case) -> Result<(), String> {
             Requirement::Kubernetes => {
                 if t.kube.is_none() {
                     return Err(if t.rig.is_some() {
-                        "needs a Kubernetes API: this rig runs etcd only (start it with `--kube-bin DIR` holding kube-apiserver, kube-controller-manager and kube-scheduler, or give --kubeconfig)".into()
+                        "needs a Kubernetes API: this rig runs etcd only (start it with `--kube-bin DIR` holding kube-apiserver, and kube-controller-manager and kube-scheduler for the cases that need them; or give --kubeconfig)".into()
                     } else {
                         "needs a Kubernetes API: give --kubeconfig (or KUBECONFIG)".into()
                     });
