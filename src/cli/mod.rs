@@ -221,7 +221,7 @@ fn require_selection(suites: &Suites, sel: &Selection) -> Result<(), Fatal> {
         let names: Vec<&str> = suites.iter().map(|s| s.suite.as_str()).collect();
         return Err(Fatal::usage(format!(
             "no case matches `{}` (suites: {}; see `hadrill list`)",
-            sel.filter.clone().unwrap_or_default(),
+            sel.filters.join("` or `"),
             names.join(", ")
         )));
     }

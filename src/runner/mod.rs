@@ -17,8 +17,10 @@ use crate::suite::{Case, Suite, Suites};
 /// The libtest-style selection options of `hadrill run`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Selection {
-    /// Run only cases whose `suite::case` name contains this (e.g. `topology::`).
-    pub filter: Option<String>,
+    /// Run only cases whose `suite::case` name contains one of these (e.g. `topology::
+    /// failover::`); every case when none is given.
+    #[arg(value_name = "FILTER")]
+    pub filters: Vec<String>,
     /// Skip cases whose name contains this (repeatable).
     #[arg(long, value_name = "FILTER")]
     pub skip: Vec<String>,
@@ -40,9 +42,17 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Whether `suite::case` is named by the filters (any of them; exactly with `--exact`).
+    pub fn names(&self, name: &str) -> bool {
+        self.filters.is_empty()
+            || self.filters.iter().any(|f| if self.exact { name == f } else { name.contains(f.as_str()) })
+    }
+
+    /// libtest-mimic's arguments; the positional filters are applied by [`Self::names`]
+    /// (libtest-mimic takes one), `--skip` and the ignore flags by libtest-mimic.
     pub fn arguments(&self) -> Arguments {
         Arguments {
-            filter: self.filter.clone(),
+            filter: None,
             skip: self.skip.clone(),
             exact: self.exact,
             list: self.list,
@@ -62,7 +72,12 @@ pub fn all_cases(suites: &Suites) -> Vec<(Suite, Case)> {
 /// The cases `sel` selects (the same rules libtest-mimic applies), in declaration order.
 pub fn selected(suites: &Suites, sel: &Selection) -> Vec<(Suite, Case)> {
     let args = sel.arguments();
-    all_cases(suites).into_iter().filter(|(s, c)| !args.is_filtered_out(&bare_trial(s, c))).collect()
+    named(suites, sel).into_iter().filter(|(s, c)| !args.is_filtered_out(&bare_trial(s, c))).collect()
+}
+
+/// The cases the positional filters name, in declaration order.
+fn named(suites: &Suites, sel: &Selection) -> Vec<(Suite, Case)> {
+    all_cases(suites).into_iter().filter(|(s, c)| sel.names(&format!("{}::{}", s.suite, c.name))).collect()
 }
 
 fn bare_trial(s: &Suite, c: &Case) -> Trial {
@@ -79,7 +94,7 @@ pub fn run(
     libtest_log: Option<&Path>,
 ) -> Option<RunRecord> {
     let mut args = sel.arguments();
-    let cases = all_cases(suites);
+    let cases = named(suites, sel);
     if args.list {
         list(suites, sel);
         return None;
@@ -170,7 +185,7 @@ pub fn run(
 /// `--list`: the selected cases, as libtest prints them.
 pub fn list(suites: &Suites, sel: &Selection) {
     let args = sel.arguments();
-    let _ = libtest_mimic::run(&args, all_cases(suites).iter().map(|(s, c)| bare_trial(s, c)).collect());
+    let _ = libtest_mimic::run(&args, named(suites, sel).iter().map(|(s, c)| bare_trial(s, c)).collect());
 }
 
 fn skipped_record(suite: &Suite, case: &Case, reason: String) -> CaseRecord {
@@ -200,4 +215,37 @@ fn save_artifacts(dir: &Path, r: &CaseRecord) {
     let _ = std::fs::write(d.join("case.json"), serde_json::to_vec_pretty(r).unwrap_or_default());
     let _ = std::fs::write(d.join("timeline.txt"), crate::probe::Timeline::render(&r.timeline));
     let _ = std::fs::write(d.join("output.txt"), &r.output);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(filters: &[&str], exact: bool, skip: &[&str]) -> Selection {
+        Selection {
+            filters: filters.iter().map(|s| s.to_string()).collect(),
+            skip: skip.iter().map(|s| s.to_string()).collect(),
+            exact,
+            list: false,
+            ignored: false,
+            include_ignored: false,
+            test_threads: None,
+        }
+    }
+
+    fn names(s: &Selection) -> Vec<String> {
+        selected(&crate::suite::builtin().unwrap(), s).iter().map(|(s, c)| format!("{}::{}", s.suite, c.name)).collect()
+    }
+
+    #[test]
+    fn several_filters_select_the_union_in_declaration_order() {
+        let all = names(&sel(&[], false, &[]));
+        let two = names(&sel(&["dr::", "topology::etcd_one"], false, &[]));
+        assert_eq!(two, ["dr::etcd_snapshot_restores", "topology::etcd_one_leader"]);
+        assert!(all.len() > two.len() && all.contains(&two[0]));
+        // --skip still applies, and --exact makes each filter a whole name
+        assert_eq!(names(&sel(&["dr::", "topology::etcd_one"], false, &["dr::"])), ["topology::etcd_one_leader"]);
+        assert_eq!(names(&sel(&["topology::etcd_one"], true, &[])), Vec::<String>::new());
+        assert_eq!(names(&sel(&["topology::etcd_one_leader", "dr::x"], true, &[])), ["topology::etcd_one_leader"]);
+    }
 }
