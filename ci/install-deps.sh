@@ -24,6 +24,11 @@ command -v cc       >/dev/null 2>&1 || need+=(gcc)
 command -v jq       >/dev/null 2>&1 || need+=(jq)
 command -v bc       >/dev/null 2>&1 || need+=(bc)
 [ -x /usr/bin/time ]                || need+=(time)
+# the rig's kube-mode tests: a host answers ping; the stand-in apiserver is asked with curl
+# over a certificate made with openssl
+command -v ping     >/dev/null 2>&1 || need+=(iputils-ping)
+command -v curl     >/dev/null 2>&1 || need+=(curl)
+command -v openssl  >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "ci/install-deps.sh: installing ${need[*]}"

@@ -95,14 +95,16 @@ fn a_host_has_its_own_netns_hostname_and_the_recorded_pid_is_the_program() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let ping = std::process::Command::new("ping").args(["-c", "1", "-W", "2", &addr.to_string()]).output();
-    if let Ok(p) = ping {
-        assert!(
-            p.status.success(),
-            "the host's address does not answer from the root namespace: {}",
-            String::from_utf8_lossy(&p.stdout)
-        );
-    }
+    // ping comes with ci/install-deps.sh (iputils-ping)
+    let p = std::process::Command::new("ping")
+        .args(["-c", "1", "-W", "2", &addr.to_string()])
+        .output()
+        .expect("ping (iputils-ping, installed by ci/install-deps.sh)");
+    assert!(
+        p.status.success(),
+        "the host's address does not answer from the root namespace: {}",
+        String::from_utf8_lossy(&p.stdout)
+    );
     // rig down finds it through its namespace and stops it
     let r = rt.block_on(rig::down(&d.dir)).expect("rig down");
     assert!(r.stopped.iter().any(|s| s.contains(&format!("pid {pid}"))), "{:?}", r.stopped);
@@ -586,9 +588,9 @@ fn bring_up_orchestration_with_stand_in_components() {
 /// test below would see leases nobody holds.
 #[test]
 fn the_stand_in_apiserver_answers_leases_only_for_stand_ins_beside_it() {
-    if rig::net::which("python3").is_none() || rig::net::which("openssl").is_none() {
+    if rig::net::which("python3").is_none() || rig::net::which("openssl").is_none() || rig::net::which("curl").is_none() {
         eprintln!(
-            "SKIPPED the_stand_in_apiserver_answers_leases_only_for_stand_ins_beside_it: python3 or openssl missing"
+            "SKIPPED the_stand_in_apiserver_answers_leases_only_for_stand_ins_beside_it: python3, openssl or curl missing (ci/install-deps.sh installs them)"
         );
         return;
     }

@@ -22,13 +22,18 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// A run of consecutive failed requests of one client.
+/// A stretch of time during which requests of one client were failing: from the start of a
+/// failed request until the start of the first successful request that began after every
+/// failure of the stretch had ended. A success that starts while a failed request is still
+/// pending does not end it: with a load balancer still sending some connections to a dead
+/// backend, some requests hang until their deadline while others succeed, and that is
+/// disruption, not a string of short blips.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Span {
     pub client: ClientKind,
     /// The start of the first failed request.
     pub from: Instant,
-    /// The start of the first successful request after it, else the end of the last failure.
+    /// The start of the success that ended it, else the end of its last failure.
     pub to: Instant,
     pub failed: usize,
     /// No request succeeded after it within the window.
@@ -42,7 +47,7 @@ impl Span {
     }
 }
 
-/// The runs of consecutive failures of `kind`'s requests that started in `[from, to]`.
+/// The stretches of failures of `kind`'s requests that started in `[from, to]`.
 pub fn failure_spans(ops: &[ApiOp], kind: ClientKind, from: Instant, to: Instant) -> Vec<Span> {
     let mut mine: Vec<&ApiOp> = ops.iter().filter(|o| o.client == kind && o.start >= from && o.start <= to).collect();
     mine.sort_by_key(|o| o.start);
@@ -58,11 +63,14 @@ pub fn failure_spans(ops: &[ApiOp], kind: ClientKind, from: Instant, to: Instant
                 s.failed += 1;
                 s.to = s.to.max(o.end);
             }
+            // a success while failed requests are still pending does not end the stretch
+            (Ok(()), Some(s)) if o.start < s.to => {}
             (Ok(()), Some(_)) => {
-                let mut s = cur.take().expect("matched Some");
-                s.to = o.start;
-                s.open = false;
-                out.push(s);
+                if let Some(mut s) = cur.take() {
+                    s.to = o.start;
+                    s.open = false;
+                    out.push(s);
+                }
             }
             (Ok(()), None) => {}
         }

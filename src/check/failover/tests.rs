@@ -55,6 +55,24 @@ fn spans_run_from_the_first_failure_to_the_next_success() {
 }
 
 #[test]
+fn requests_hanging_on_a_dead_backend_are_one_disruption_though_others_succeed() {
+    // every third request hangs until its 2s deadline (the LB still sends it to the stopped
+    // apiserver), the others succeed at once: 20s of that is 20s of disruption
+    let t0 = Instant::now();
+    let mut ops = Vec::new();
+    for i in 0..200u64 {
+        let t = i * 100;
+        let hangs = (2_000..22_000).contains(&t) && i % 3 == 0;
+        ops.push(op(t0, ClientKind::Reused, t, if hangs { t + 2_000 } else { t + 20 }, !hangs));
+    }
+    let s = failure_spans(&ops, ClientKind::Reused, t0, ms(t0, 20_000));
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].length() >= Duration::from_secs(19), "{:?}", s[0].length());
+    let c = api_available(&ops, t0, t0, ms(t0, 20_000), Duration::from_secs(3));
+    assert!(!c.passed && c.message.contains("unavailable for 2") && c.message.contains("over a reused connection"), "{}", c.message);
+}
+
+#[test]
 fn api_available_within_budget_passes_with_measurements() {
     let t0 = Instant::now();
     let ops = history(t0, 10_000, Some((3_000, 3_400)));

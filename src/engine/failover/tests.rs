@@ -208,7 +208,14 @@ async fn a_node_that_stays_ready_fails_naming_how_long_and_the_bound() {
     st.faulted_members = vec!["cp-2".into()];
     let spec = AwaitSpec::NodeNotReady { within: Some(Duration::from_secs(1)), slack: Duration::from_secs(10) };
     let f = failed(await_(&ctx(), &spec, &mut st).await.unwrap());
-    assert!(f.message.starts_with("node cp-2 still Ready 1.5"), "{}", f.message);
+    // it waited out 1.5 × the bound (a busy machine may wake it a little later)
+    let waited: f64 = f
+        .message
+        .strip_prefix("node cp-2 still Ready ")
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", f.message));
+    assert!(waited >= 1.5, "{}", f.message);
     assert!(f.message.ends_with("bound 1.000s (as the suite sets it)"), "{}", f.message);
     st.probes.stop_all().await;
 }
@@ -277,7 +284,8 @@ async fn the_api_probe_runs_in_a_scratch_namespace_and_judges_the_disruption() {
         .unwrap_or_else(|_| panic!("check runs"));
     assert!(ok.passed, "{}", ok.message);
     let d = ok.measurements.iter().find(|m| m.name == "kube_api_disruption_fresh").unwrap();
-    assert!(d.value >= 0.5 && d.value <= 1.5, "{d:?}");
+    // at least the staged 700 ms less a probe tick; the ceiling leaves room for a busy machine
+    assert!(d.value >= 0.5 && d.value <= 2.5, "{d:?}");
     let bad = check(&ctx(), &CheckSpec::KubeApiAvailable { max_disruption: Duration::from_millis(200) }, &mut st)
         .await
         .unwrap()

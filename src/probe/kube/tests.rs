@@ -417,7 +417,7 @@ async fn the_api_probe_writes_and_reads_over_both_clients_and_records_an_outage(
         // the outage lasted from the switch to 503 until the heal (within a tick or two)
         let real = healed.saturating_duration_since(outage);
         assert!(
-            s.length() + Duration::from_millis(150) >= real && s.length() <= real + Duration::from_millis(700),
+            s.length() + Duration::from_millis(300) >= real && s.length() <= real + Duration::from_millis(700),
             "{kind:?}: measured {:?}, real {:?}",
             s.length(),
             real
