@@ -236,12 +236,40 @@ fn up_refuses_a_running_rig_and_a_foreign_directory() {
     // a directory with files of someone else's: neither used by up nor removed by down
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
+    // and someone's etcd whose data lives there is not stopped by a `down` aimed at it
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (cp, pp) = (port(), port());
+    let theirs = std::process::Command::new("etcd")
+        .arg(format!("--data-dir={}/data", other.path().display()))
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{cp}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{cp}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{pp}"))
+        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{pp}"))
+        .arg(format!("--initial-cluster=theirs=http://127.0.0.1:{pp}"))
+        .args(["--name", "theirs"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut theirs = Kill(theirs);
+    assert!(
+        poll_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", cp)).is_ok()),
+        "the foreign etcd did not start"
+    );
     let spec = rig::RigSpec { dir: other.path().to_path_buf(), members: 1, isolation: Isolation::Loopback };
     let e = rt.block_on(rig::up(&spec)).unwrap_err().to_string();
     assert!(e.contains("not empty"), "{e}");
     let e = rt.block_on(rig::down(other.path())).unwrap_err().to_string();
     assert!(e.contains("holds no rig"), "{e}");
     assert!(other.path().join("notes.txt").exists(), "down removed a directory that was not a rig");
+    assert!(theirs.0.try_wait().unwrap().is_none(), "down stopped an etcd that is not the rig's");
 }
 
 #[test]

@@ -190,7 +190,6 @@ pub async fn revert_partition(
     peer_ports: &[u16],
     token: &str,
 ) -> Result<(), String> {
-    kill_deadman(token);
     let mut errors = Vec::new();
     for m in isolated {
         if !netns_exists(&m.netns) {
@@ -198,12 +197,24 @@ pub async fn revert_partition(
         }
         let n = node(&m.netns);
         for (chain, spec) in partition_rules(others, peer_ports, token) {
-            // delete while present (-C succeeds): idempotent, and removes duplicates too
+            // delete while present (-C succeeds): idempotent, and removes duplicates too.
+            // Exit status 1 means "no such rule", 2 a rule that cannot even be written (so is
+            // not there); the xtables lock timing out (4), a timeout or any other failure is
+            // an error, not a rule gone
             for _ in 0..8 {
                 let mut check: Vec<&str> = vec!["iptables", "-w", "-C", &chain];
                 check.extend(spec.iter().map(String::as_str));
-                if n.exec(&check, CMD_TIMEOUT).await.is_err() {
-                    break;
+                match n.exec(&check, CMD_TIMEOUT).await {
+                    Ok(_) => {}
+                    Err(crate::node::NodeError::Failed { status, .. })
+                        if status == "exit status: 1" || status == "exit status: 2" =>
+                    {
+                        break
+                    }
+                    Err(e) => {
+                        errors.push(format!("{}: {}", m.name, crate::exit::chain(&e)));
+                        break;
+                    }
                 }
                 let mut del: Vec<&str> = vec!["iptables", "-w", "-D", &chain];
                 del.extend(spec.iter().map(String::as_str));
@@ -215,6 +226,8 @@ pub async fn revert_partition(
         }
     }
     if errors.is_empty() {
+        // the timer goes only once the rules are known gone: until then it may still heal
+        kill_deadman(token);
         Ok(())
     } else {
         Err(errors.join("; "))

@@ -128,7 +128,7 @@ pub fn deadman_start(token: &str, secs: u64, action: &str) -> Result<String, Str
         return Err("a dead-man action must not contain a single quote".into());
     }
     Ok(format!(
-        r#"if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+        r#"if [ -z "$HADRILL_NO_SYSTEMD" ] && [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   systemd-run --quiet --collect --unit={tag} --on-active={secs}s --timer-property=AccuracySec=1s /bin/sh -c '{action}' {tag}
   systemctl is-active --quiet {tag}.timer || {{ echo "the dead-man timer {tag}.timer is not active" >&2; exit 1; }}
 else
@@ -334,16 +334,22 @@ pub fn partition_apply_script(
 }
 
 pub fn partition_revert_script(others: &[String], peer_ports: &[u16], token: &str) -> Result<String, String> {
-    let mut s = deadman_kill(token)?;
-    s.push_str("rc=0\n");
+    // only exit status 1 (no such rule) or 2 (a rule that cannot be written, so is not there)
+    // of `iptables -C` means the rule is gone; anything else (the xtables lock) fails the revert, and the dead-man is stopped only once every
+    // rule is known gone, so that it can still heal the node
+    let mut s = String::from("rc=0\n");
     for (chain, spec) in net::partition_rules(others, peer_ports, token) {
         let mut check = vec!["iptables".to_string(), "-w".into(), "-C".into(), chain.clone()];
         check.extend(spec.iter().cloned());
         let mut del = vec!["iptables".to_string(), "-w".into(), "-D".into(), chain.clone()];
         del.extend(spec.iter().cloned());
-        s.push_str(&format!("while {} 2>/dev/null; do {} || {{ rc=1; break; }}; done\n", line(&check)?, line(&del)?));
+        s.push_str(&format!(
+            "while :; do {} 2>/dev/null; c=$?; [ $c -eq 1 ] || [ $c -eq 2 ] && break; [ $c -eq 0 ] || {{ echo \"iptables -C exited $c\" >&2; rc=1; break; }}; {} || {{ rc=1; break; }}; done\n",
+            line(&check)?,
+            line(&del)?
+        ));
     }
-    s.push_str("exit $rc\n");
+    s.push_str(&format!("if [ $rc -eq 0 ]; then\n{}fi\nexit $rc\n", deadman_kill(token)?));
     Ok(s)
 }
 
@@ -450,10 +456,12 @@ pub(super) fn revert_plan(f: &Fault) -> String {
 /// What a dead-man script needs to know about the backend: through an access pod, only a
 /// systemd timer outlives the pod.
 fn prelude(at: &NodeRef) -> &'static str {
-    if matches!(at.access, NodeAccess::Pod { .. }) {
-        "HADRILL_NEED_SYSTEMD=1\n"
-    } else {
-        ""
+    match &at.access {
+        NodeAccess::Pod { .. } => "HADRILL_NEED_SYSTEMD=1\n",
+        // inside a network namespace: a systemd unit would run in the host's root namespace
+        // (its iptables and tc act on the wrong stack), so the timer is a process in here
+        NodeAccess::Local { netns: Some(_) } => "HADRILL_NO_SYSTEMD=1\n",
+        _ => "",
     }
 }
 

@@ -485,6 +485,9 @@ pub async fn down(dir: &Path) -> Result<DownReport, RigError> {
     let mut report = DownReport::default();
     let mut problems: Vec<String> = Vec::new();
 
+    // only a directory that `up` claimed (its marker is written before anything starts) is
+    // searched by command line: `rig down --dir /etc` must not stop a node's kube-apiserver
+    let ours = dir.join(MARKER_FILE).exists() || dir.join(STATE_FILE).exists();
     // every process of the rig: (pid) -> (start time, what)
     let mut procs: BTreeMap<i32, (u64, String)> = BTreeMap::new();
     if let Ok(st) = status(&dir) {
@@ -497,13 +500,15 @@ pub async fn down(dir: &Path) -> Result<DownReport, RigError> {
             procs.insert(pid, (start, what));
         }
     }
-    for (pid, start) in process::etcd_with_arg_prefix(&format!("--data-dir={}/", dir.display())) {
-        procs.entry(pid).or_insert((start, format!("etcd pid {pid} (found by its command line)")));
-    }
-    // kube mode's programs name files of the rig in their arguments
-    let kube_programs = ["haproxy", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
-    for (pid, start, prog) in process::programs_with_arg(&kube_programs, &format!("{}/", dir.display())) {
-        procs.entry(pid).or_insert((start, format!("{prog} pid {pid} (found by its command line)")));
+    if ours {
+        for (pid, start) in process::etcd_with_arg_prefix(&format!("--data-dir={}/", dir.display())) {
+            procs.entry(pid).or_insert((start, format!("etcd pid {pid} (found by its command line)")));
+        }
+        // kube mode's programs name files of the rig in their arguments
+        let kube_programs = ["haproxy", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+        for (pid, start, prog) in process::programs_with_arg(&kube_programs, &format!("{}/", dir.display())) {
+            procs.entry(pid).or_insert((start, format!("{prog} pid {pid} (found by its command line)")));
+        }
     }
     if net::which("ip").is_some() {
         for ns in net::list_netns(&prefix).await.unwrap_or_default() {
@@ -529,7 +534,6 @@ pub async fn down(dir: &Path) -> Result<DownReport, RigError> {
     report.removed.extend(removed);
     problems.extend(p);
 
-    let ours = dir.join(MARKER_FILE).exists() || dir.join(STATE_FILE).exists();
     if ours {
         if stuck.is_empty() {
             match std::fs::remove_dir_all(&dir) {
