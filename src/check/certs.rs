@@ -177,7 +177,9 @@ pub fn serving_windows(
         }
     }
     let read_ok = read.len() - unreadable.len();
-    let mut out = if !bad.is_empty() {
+    let mut out = if read.is_empty() {
+        CheckOutcome::fail(name, "no serving certificate to read: no endpoint was found")
+    } else if !bad.is_empty() {
         CheckOutcome::fail(name, bad.join("; "))
     } else {
         CheckOutcome::pass(
@@ -314,6 +316,13 @@ pub fn accepts_control_cert(cert: &CertWindow, probes: &[ControlProbe]) -> (Chec
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn no_endpoint_at_all_is_not_a_serving_certificate_pass() {
+        let (c, untested) = serving_windows("n", "m", &[], Utc::now(), 30);
+        assert!(!c.passed && c.message.contains("no serving certificate"), "{}", c.message);
+        assert!(untested.is_empty());
+    }
     use super::*;
     use crate::tls::mint::{Ca, LeafSpec, Usage};
 

@@ -437,7 +437,7 @@ pub fn apiservers_ready(answers: &[HealthAnswer]) -> CheckOutcome {
             as f64,
         "apiservers",
     )
-    .with_bound(n as f64);
+    .with_min(n as f64);
     if bad.is_empty() {
         CheckOutcome::pass(N, format!("all {n} apiservers answer /livez and /readyz 200 on their own address"))
     } else {

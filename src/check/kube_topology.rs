@@ -67,6 +67,10 @@ pub fn server_is_load_balancer(d: &Discovery) -> CheckOutcome {
             N,
             format!("the kubeconfig server {} is the apiserver endpoint {} itself, not a load balancer in front of all {}", lb.url, a.url(), d.apiservers.len()),
         ),
+        (None, None) if d.nodes.is_empty() && d.apiservers.is_empty() => CheckOutcome::fail(
+            N,
+            format!("no control-plane node and no apiserver endpoint were found: cannot tell whether {} is a load balancer", lb.url),
+        ),
         (None, None) => CheckOutcome::pass(
             N,
             format!("the kubeconfig server {} is not the address of any of the {} control-plane nodes", lb.url, d.nodes.len()),

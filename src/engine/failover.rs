@@ -421,7 +421,15 @@ async fn node_not_ready(
         }
     };
     let known: Vec<String> = d.nodes.iter().map(|n| n.name.clone()).collect();
-    let node = target.filter(|t| known.contains(t));
+    // the faulted host must be one of the nodes: falling back to "any node" would let a node
+    // that was already NotReady pass for the one the fault was aimed at
+    if let Some(t) = target.as_ref().filter(|t| !known.contains(t)) {
+        return Err(err(format!(
+            "the fault was aimed at host {t}, which is none of the control-plane nodes ({}): cannot tell which node should turn NotReady",
+            known.join(", ")
+        )));
+    }
+    let node = target;
     let client = ks.client.clone();
     let t0 = st.timeline.start();
     (ctx.progress)(
@@ -465,6 +473,9 @@ async fn nodes_ready(ctx: &RunContext, st: &mut CaseState, within: Duration) -> 
         v.dedup();
         v
     };
+    if names.is_empty() {
+        return Err(err("the node watch saw no control-plane node: nothing to find Ready"));
+    }
     wait_on_watch(
         &h,
         t + within,

@@ -269,6 +269,11 @@ async fn refuses(
 async fn control(ctx: &RunContext, st: &mut CaseState) -> Result<(CheckOutcome, Vec<String>), StepEnd> {
     let kv = kube_view(ctx, st).await?;
     let addrs = api_addresses(&kv.discovery);
+    if addrs.is_empty() {
+        return Err(StepEnd::Error(
+            "discovery found no apiserver address (the `kubernetes` EndpointSlice is empty)".into(),
+        ));
+    }
     let ca = load_ca(ctx, &kv, st).await?;
     let minted = ca
         .issue(&LeafSpec::client(PROBE_CN, Window::Valid, Utc::now()))

@@ -209,3 +209,12 @@ fn leases_of_a_component_not_run_are_left_out_and_said_so_but_the_others_still_j
     let c = leases_renewed(&x, at("2024-03-04T10:02:20Z"));
     assert!(!c.passed && c.message.contains("kube-controller-manager: the lease does not exist"), "{}", c.message);
 }
+
+#[test]
+fn nothing_discovered_is_not_a_load_balancer_pass() {
+    let mut x = d();
+    x.nodes.clear();
+    x.apiservers.clear();
+    let c = server_is_load_balancer(&x);
+    assert!(!c.passed && c.message.contains("cannot tell"), "{}", c.message);
+}

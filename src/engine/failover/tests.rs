@@ -683,3 +683,18 @@ async fn watches_that_cannot_list_are_a_harness_error_naming_why() {
     }
     st.probes.stop_all().await;
 }
+
+#[tokio::test]
+async fn a_fault_on_a_host_that_is_no_node_is_a_harness_error_not_any_node() {
+    let c = cluster(15);
+    let (mut st, _t) = watching(&c, "failover::kubelet_stop_node_not_ready").await;
+    st.last_fault_at = Some(Instant::now());
+    st.faulted_members = vec!["cp-2.lab".into()];
+    let spec = AwaitSpec::NodeNotReady { within: Some(Duration::from_secs(1)), slack: Duration::from_secs(10) };
+    match await_(&ctx(), &spec, &mut st).await.unwrap() {
+        Err(StepEnd::Error(m)) => assert!(m.contains("cp-2.lab") && m.contains("cp-1"), "{m}"),
+        Err(StepEnd::Failed(c)) => panic!("expected a harness error, got a failure: {}", c.message),
+        _ => panic!("expected a harness error"),
+    }
+    st.probes.stop_all().await;
+}
