@@ -444,7 +444,11 @@ async fn kubeadm_expiration(
             if no_access.is_empty() { "no control-plane node found".into() } else { no_access.join("; ") }
         )));
     }
-    Ok(kubeadm::expiration_verdict(&per_node, Utc::now(), min_days))
+    // nodes that could not be reached are untested: a pass on one node of three must not
+    // read as "every control-plane node"
+    let (outcome, mut untested) = kubeadm::expiration_verdict(&per_node, Utc::now(), min_days);
+    untested.extend(no_access.into_iter().map(|e| format!("not checked: {e}")));
+    Ok((outcome, untested))
 }
 
 // ---------------------------------------------------------------------------------------
