@@ -17,7 +17,7 @@
 //! - [`report`]: console, JUnit and JSON reporters over the recorded run.
 //! - [`rig`]: the local rig: real etcd members on this machine, with their PKI.
 //! - [`tls`]: direct TLS handshakes that name why a certificate was refused.
-//! - [`signals`]: Ctrl-C and SIGTERM: revert every active fault before exiting.
+//! - [`signals`]: Ctrl-C, SIGTERM and SIGHUP: revert every active fault before exiting.
 
 pub mod check;
 pub mod cli;

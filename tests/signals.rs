@@ -1,4 +1,4 @@
-//! Ctrl-C, SIGTERM and SIGKILL while a fault is in force, against a real etcd rig: the fault
+//! Ctrl-C, SIGTERM, SIGHUP and SIGKILL while a fault is in force, against a real etcd rig: the fault
 //! (SIGSTOP of a member this test owns) is reverted before hadrill exits, and after a SIGKILL
 //! `hadrill recover` reverts it from the ledger.
 
@@ -77,6 +77,12 @@ fn sigint_reverts_the_active_fault_before_exit() {
 #[test]
 fn sigterm_reverts_the_active_fault_before_exit() {
     signal_reverts(nix::sys::signal::Signal::SIGTERM, 143);
+}
+
+#[test]
+fn sighup_reverts_the_active_fault_before_exit() {
+    // a dropped ssh session or a closed terminal
+    signal_reverts(nix::sys::signal::Signal::SIGHUP, 129);
 }
 
 #[test]

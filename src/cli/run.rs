@@ -105,7 +105,10 @@ pub fn run(g: &Global, args: RunArgs) -> Result<Code, Fatal> {
             Ok(s) => Some(s),
             Err(e) => {
                 finish_rig(&rt, rig_guard.take());
-                return Err(Fatal::unreachable(format!("the local rig could not start: {}", crate::exit::chain(&e))));
+                // what the user can fix (no etcd, not root, --kube-bin without namespaces …)
+                // is a usage error, as for `rig up`
+                let m = format!("the local rig could not start: {}", crate::exit::chain(&e));
+                return Err(if e.is_usage() { Fatal::usage(m) } else { Fatal::unreachable(m) });
             }
         }
     } else {
