@@ -87,7 +87,12 @@ f=$(followers | head -1); kill -9 "${PID[$f]}"; read -r ok fail < <(puts 4); [ "
 restart "$f"; healthy; converged
 # 2. leader killed → time to the first acknowledged put
 l=$(name_of_url "$(leader)"); t=$(now); kill -9 "${PID[$l]}"
-until "${CTL[@]}" --endpoints "$EPS" --command-timeout=1s put /ops/failover v >/dev/null 2>&1; do :; done
+# each put is bounded (1s); the whole wait too (60 tries)
+acked=0
+for _ in $(seq 60); do
+  if "${CTL[@]}" --endpoints "$EPS" --command-timeout=1s put /ops/failover v >/dev/null 2>&1; then acked=1; break; fi
+done
+[ "$acked" = 1 ] || { echo "ci/bench-quorum.sh: no put acknowledged within 60 tries after the leader was killed" >&2; exit 1; }
 B_FAILOVER=$(since "$t"); B_OK=$((B_OK+1))
 restart "$l"; healthy; converged
 # 3. two of three lost → put and linearizable get fail, serializable get answers

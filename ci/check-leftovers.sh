@@ -9,12 +9,12 @@ etcd_pids=$(pgrep -f 'etcd .*--name' 2>/dev/null | while read -r p; do
   if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -Eq 'hadrill|/hdt-|hdt-'; then echo "$p"; fi
 done)
 [ -n "$etcd_pids" ] && left+=("etcd processes: $(echo $etcd_pids)")
-others=$(pgrep -f 'haproxy|hadrill-deadman' 2>/dev/null | while read -r p; do
+others=$(pgrep -f 'haproxy|hadrill-deadman|kube-apiserver|kube-controller-manager|kube-scheduler' 2>/dev/null | while read -r p; do
   [ "$p" = "$$" ] && continue
   if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -Eq 'hadrill|/hdt-|hdt-'; then echo "$p"; fi
 done)
-[ -n "$others" ] && left+=("HAProxy or dead-man processes: $(echo $others)")
-dirs=$(ls -d "${TMPDIR:-/tmp}"/hadrill-dr-* 2>/dev/null || true)
+[ -n "$others" ] && left+=("HAProxy, Kubernetes or dead-man processes: $(echo $others)")
+dirs=$(ls -d "${TMPDIR:-/tmp}"/hadrill-dr-* "${TMPDIR:-/tmp}"/hadrill-run-* 2>/dev/null || true)
 [ -n "$dirs" ] && left+=("scratch directories: $(echo $dirs)")
 ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^hd' || true)
 [ -n "$ns" ] && left+=("network namespaces: $(echo $ns)")
