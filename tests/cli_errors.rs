@@ -123,6 +123,17 @@ fn plan_refuses_a_broken_kubeconfig_instead_of_planning_without_it() {
 }
 
 #[test]
+fn recover_with_a_broken_kubeconfig_says_so_and_does_not_stop() {
+    let e = Env::new();
+    let kc = e.write("kc", "garbage\n");
+    let ledger = e.path("ledger");
+    let (o, shown) = e.hadrill(&["--kubeconfig", kc.to_str().unwrap(), "--ledger", ledger.to_str().unwrap(), "recover"]);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("nothing to revert") && out.contains("cannot clean up") && out.contains(kc.to_str().unwrap()), "{shown}");
+}
+
+#[test]
 fn kubeconfig_whose_current_context_is_missing() {
     let e = Env::new();
     let kc = e.write("kube/ghost.yaml", &KUBECONFIG.replace("current-context: ctx1", "current-context: ghost"));

@@ -24,10 +24,7 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
     let mut failed = 0;
     if entries.is_empty() {
         println!("hadrill recover: the ledger {} holds no fault: nothing to revert", dir.display());
-        failed += scratch_namespaces(g, &args, &rt)?;
-        if !args.dry_run {
-            failed += rt.block_on(access_pods(g))?;
-        }
+        failed += cluster_side(g, &args, &rt);
         return Ok(if failed > 0 { Code::Failed } else { Code::Ok });
     }
     let mut reverted = 0;
@@ -75,10 +72,7 @@ pub fn recover(g: &Global, args: RecoverArgs) -> Result<Code, Fatal> {
     }
     runs.retain(|r| !own_rig_runs.contains(r));
     failed += rt.block_on(run_keys(g, &runs));
-    failed += scratch_namespaces(g, &args, &rt)?;
-    if !args.dry_run {
-        failed += rt.block_on(access_pods(g))?;
-    }
+    failed += cluster_side(g, &args, &rt);
     println!("hadrill recover: {reverted} reverted, {failed} failed");
     Ok(if failed > 0 { Code::Failed } else { Code::Ok })
 }
@@ -116,17 +110,61 @@ async fn run_keys(g: &Global, runs: &std::collections::BTreeSet<String>) -> usiz
     failed
 }
 
-/// With a kubeconfig (flag or config): deletes the node access pods hadrill left (found by
-/// label) after the faults' own reverts. Returns how many deletions failed.
-async fn access_pods(g: &Global) -> Result<usize, Fatal> {
-    let r = super::target::resolve(g)?;
-    let Some(kc) = &r.kubeconfig else { return Ok(0) };
-    let k = crate::target::kube::KubeTarget::load(kc, r.context.as_deref())
-        .await
-        .map_err(|e| Fatal::usage(e.to_string()))?;
-    let client = kube::Client::try_from(k.config.clone()).map_err(|e| Fatal::usage(crate::exit::chain(&e)))?;
+/// The Kubernetes API recover cleans up through (scratch namespaces, access pods):
+/// `--kubeconfig`, the config's, else the first path of `$KUBECONFIG`. A kubeconfig that
+/// cannot be loaded is reported and counted as a failure; it never stops `recover`.
+fn kube_target(g: &Global, rt: &tokio::runtime::Runtime) -> (Option<crate::target::kube::KubeTarget>, usize) {
+    let Ok(r) = super::target::resolve(g) else { return (None, 0) };
+    let path = r.kubeconfig.clone().or_else(|| {
+        std::env::var_os("KUBECONFIG")
+            .and_then(|k| std::env::split_paths(&k).next())
+            .filter(|p| !p.as_os_str().is_empty())
+    });
+    let Some(path) = path else { return (None, 0) };
+    match rt.block_on(crate::target::kube::KubeTarget::load(&path, r.context.as_deref())) {
+        Ok(k) => (Some(k), 0),
+        Err(e) => {
+            println!("cannot clean up scratch namespaces and access pods: {e}");
+            (None, 1)
+        }
+    }
+}
+
+/// The cluster-side cleanups after the ledger: leftover scratch namespaces, then (unless
+/// `--dry-run`) leftover node access pods. Returns how many failed.
+fn cluster_side(g: &Global, args: &RecoverArgs, rt: &tokio::runtime::Runtime) -> usize {
+    let (k, mut failed) = kube_target(g, rt);
+    let Some(k) = k else { return failed };
+    match rt.block_on(crate::engine::failover::recover_namespaces(&k, args.dry_run, args.force)) {
+        Ok((lines, f)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            failed += f;
+        }
+        Err(e) => {
+            println!("cannot look for leftover scratch namespaces in context {}: {e}", k.context);
+            failed += 1;
+        }
+    }
+    if !args.dry_run {
+        failed += rt.block_on(access_pods(g, &k));
+    }
+    failed
+}
+
+/// Deletes the node access pods hadrill left (found by label) in the namespaces a config may
+/// have used. Returns how many namespaces could not be cleaned.
+async fn access_pods(g: &Global, k: &crate::target::kube::KubeTarget) -> usize {
+    let client = match kube::Client::try_from(k.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("cannot delete the node access pods: {}", crate::exit::chain(&e));
+            return 1;
+        }
+    };
     // every namespace a config may have used: the configured one and the default
-    let cfg = r.config.node_access.clone().unwrap_or_default();
+    let cfg = super::target::resolve(g).ok().and_then(|r| r.config.node_access).unwrap_or_default();
     let mut namespaces = vec![crate::node::pod::namespace(&cfg)];
     if !namespaces.iter().any(|n| n == crate::node::pod::DEFAULT_NAMESPACE) {
         namespaces.push(crate::node::pod::DEFAULT_NAMESPACE.into());
@@ -145,32 +183,5 @@ async fn access_pods(g: &Global) -> Result<usize, Fatal> {
             }
         }
     }
-    Ok(failed)
-}
-
-/// Deletes the scratch namespaces that runs left behind, when a kubeconfig is at hand
-/// (`--kubeconfig`, the config's, or $KUBECONFIG). Returns how many could not be deleted.
-fn scratch_namespaces(g: &Global, args: &RecoverArgs, rt: &tokio::runtime::Runtime) -> Result<usize, Fatal> {
-    let resolved = super::target::resolve(g)?;
-    let kubeconfig = resolved.kubeconfig.clone().or_else(|| {
-        std::env::var_os("KUBECONFIG")
-            .and_then(|k| std::env::split_paths(&k).next())
-            .filter(|p| !p.as_os_str().is_empty())
-    });
-    let Some(path) = kubeconfig else { return Ok(0) };
-    let k = rt
-        .block_on(crate::target::kube::KubeTarget::load(&path, resolved.context.as_deref()))
-        .map_err(|e| Fatal::usage(e.to_string()))?;
-    match rt.block_on(crate::engine::failover::recover_namespaces(&k, args.dry_run, args.force)) {
-        Ok((lines, failed)) => {
-            for l in lines {
-                println!("{l}");
-            }
-            Ok(failed)
-        }
-        Err(e) => {
-            println!("cannot look for leftover scratch namespaces in context {}: {e}", k.context);
-            Ok(1)
-        }
-    }
+    failed
 }

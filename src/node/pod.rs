@@ -234,15 +234,33 @@ pub async fn delete(client: &Client, node: &str, namespace: &str) -> Result<(), 
 pub async fn delete_all(client: &Client, namespace: &str) -> Result<Vec<String>, NodeError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let sel = format!("{}={},{}={}", LABEL.0, LABEL.1, ROLE_LABEL.0, ROLE_LABEL.1);
-    let list = bounded("*", "list access pods", pods.list(&ListParams::default().labels(&sel))).await?;
+    let list = bounded(&format!("namespace {namespace}"), "list access pods", pods.list(&ListParams::default().labels(&sel)))
+        .await?;
+    // one pod that cannot be deleted does not keep the others (privileged, hostPID) around
     let mut names = Vec::new();
+    let mut failures = Vec::new();
     for p in list.items {
         if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
-            delete(client, &node, namespace).await?;
-            names.push(p.metadata.name.unwrap_or_default());
+            let name = p.metadata.name.unwrap_or_default();
+            match delete(client, &node, namespace).await {
+                Ok(()) => names.push(name),
+                Err(e) => failures.push(format!("{name}: {}", crate::exit::chain(&e))),
+            }
         }
     }
-    Ok(names)
+    if failures.is_empty() {
+        Ok(names)
+    } else {
+        Err(perr(
+            &format!("namespace {namespace}"),
+            format!(
+                "deleted {} access pod(s){}; could not delete {}",
+                names.len(),
+                if names.is_empty() { String::new() } else { format!(" ({})", names.join(", ")) },
+                failures.join("; ")
+            ),
+        ))
+    }
 }
 
 /// Whether a node access config can start access pods (the `pod` backend anywhere in it).

@@ -91,13 +91,15 @@ pub async fn attach(t: &mut Target) -> Result<(), String> {
     let d = crate::target::discovery::discover(&client, &k.server).await.map_err(|e| crate::exit::chain(&e))?;
     let cfg = t.node_access.clone().unwrap_or_default();
     let (files, access) = source(&d, &cfg)?;
-    let tls = read_tls(&access, Some(&client), &files).await?;
+    let tls = read_tls(&access, Some(&client), &files).await;
     if let NodeAccess::Pod { node, namespace, .. } = &access {
-        // the access pod served its purpose; a fault that needs it starts it again
+        // the access pod served its purpose, whether the read worked or not; a fault that
+        // needs it starts it again
         if let Err(e) = crate::node::pod::delete(&client, node, namespace).await {
             tracing::warn!("{}", crate::exit::chain(&e));
         }
     }
+    let tls = tls?;
     let etcd = reachable_target(d.etcd.endpoints.clone(), tls).await?;
     t.fact(
         "etcd_client_tls",
