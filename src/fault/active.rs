@@ -66,8 +66,20 @@ pub async fn inject(ledger: &Ledger, fault: Fault) -> Result<FaultGuard, FaultEr
         Ok(()) => Ok(FaultGuard { id: entry.id, description: entry.description }),
         Err(e) => {
             if let Some(a) = take(&entry.id) {
-                if a.fault.revert().await.is_ok() {
-                    let _ = a.ledger.remove(&a.id);
+                match a.fault.revert().await {
+                    Ok(()) => {
+                        let _ = a.ledger.remove(&a.id);
+                    }
+                    Err(r) => {
+                        // part of it may be in force: it stays active (a signal still reverts
+                        // it) and journaled (`hadrill recover`), and the caller hears of both
+                        let m = format!(
+                            "{e}; undoing what took effect also failed ({}): it stays in the ledger for `hadrill recover`",
+                            crate::exit::chain(&r)
+                        );
+                        active().push(a);
+                        return Err(FaultError::Apply { what: fault.describe(), message: m });
+                    }
                 }
             }
             Err(e)
@@ -84,7 +96,11 @@ fn take(id: &str) -> Option<Active> {
 async fn revert_id(id: &str) -> Result<(), FaultError> {
     let _gate = GATE.read().await;
     let Some(a) = take(id) else { return Ok(()) };
-    a.fault.revert().await?;
+    if let Err(e) = a.fault.revert().await {
+        // still (partly) in force: a signal's shutdown path tries it again
+        active().push(a);
+        return Err(e);
+    }
     a.ledger.remove(&a.id)?;
     Ok(())
 }
@@ -106,4 +122,26 @@ pub async fn revert_all_active() -> Vec<(String, Result<(), FaultError>)> {
     // the gate stays closed: the process is about to exit
     std::mem::forget(gate);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_apply_whose_undo_also_fails_says_both_and_stays_journaled() {
+        let d = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&d.path().join("ledger")).unwrap();
+        // no such process (apply fails), no such rig (its undo, a restart, fails too)
+        let f = Fault::RigProcessStop {
+            rig_dir: d.path().join("no-rig"),
+            name: "apiserver-1".into(),
+            pid: i32::MAX - 7,
+            start_time: 1,
+            signal: crate::suite::StopSignal::Term,
+        };
+        let e = inject(&ledger, f).await.unwrap_err().to_string();
+        assert!(e.contains("is not running") && e.contains("undoing what took effect also failed"), "{e}");
+        assert_eq!(ledger.entries().unwrap().len(), 1, "the entry stays for `hadrill recover`");
+    }
 }
