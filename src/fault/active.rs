@@ -132,16 +132,36 @@ mod tests {
     async fn a_failed_apply_whose_undo_also_fails_says_both_and_stays_journaled() {
         let d = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&d.path().join("ledger")).unwrap();
-        // no such process (apply fails), no such rig (its undo, a restart, fails too)
+        // no manifest to park (apply fails), nothing to move back either (its undo fails too)
+        let f = Fault::StaticPodStop {
+            at: super::super::node::NodeRef {
+                node: "cp-1".into(),
+                access: crate::node::NodeAccess::Local { netns: None },
+                kube: None,
+            },
+            container: "kube-scheduler".into(),
+            manifest: d.path().join("manifests/kube-scheduler.yaml"),
+            parking_dir: d.path().join("parked"),
+            token: crate::fault::net::new_token(),
+            wait_secs: 5,
+            dead_man_secs: 0,
+        };
+        let e = inject(&ledger, f).await.unwrap_err().to_string();
+        assert!(e.contains("undoing what took effect also failed"), "{e}");
+        assert_eq!(ledger.entries().unwrap().len(), 1, "the entry stays for `hadrill recover`");
+    }
+
+    #[tokio::test]
+    async fn stopping_a_process_of_a_rig_that_is_gone_reverts_as_nothing_to_restart() {
+        let d = tempfile::tempdir().unwrap();
         let f = Fault::RigProcessStop {
-            rig_dir: d.path().join("no-rig"),
+            rig_dir: d.path().join("gone"),
             name: "apiserver-1".into(),
-            pid: i32::MAX - 7,
+            pid: 1,
             start_time: 1,
             signal: crate::suite::StopSignal::Term,
         };
-        let e = inject(&ledger, f).await.unwrap_err().to_string();
-        assert!(e.contains("is not running") && e.contains("undoing what took effect also failed"), "{e}");
-        assert_eq!(ledger.entries().unwrap().len(), 1, "the entry stays for `hadrill recover`");
+        f.revert().await.expect("nothing to restart");
+        f.revert().await.expect("twice");
     }
 }

@@ -191,7 +191,14 @@ impl Fault {
                     return Err(fail(format!("process {pid} is not running")));
                 }
                 if !process::wait_gone(*pid, *start_time, STOP_DEADLINE).await {
-                    return Err(fail(format!("process {pid} still runs {STOP_DEADLINE:?} after the signal")));
+                    // do not leave it dying on its own: a revert that finds it still alive
+                    // would do nothing, and it would then stay down unrecorded
+                    let _ = process::signal(*pid, *start_time, Signal::SIGKILL);
+                    let gone = process::wait_gone(*pid, *start_time, STOP_DEADLINE).await;
+                    return Err(fail(format!(
+                        "process {pid} still ran {STOP_DEADLINE:?} after {sig:?}; {}",
+                        if gone { "SIGKILLed it, the revert restarts it" } else { "it survives SIGKILL too" }
+                    )));
                 }
                 Ok(())
             }
@@ -220,6 +227,13 @@ impl Fault {
         match self {
             Fault::Pause { pid, start_time, .. } => {
                 process::signal(*pid, *start_time, Signal::SIGCONT).map_err(fail)?;
+                Ok(())
+            }
+            // a rig that is gone has nothing left to restart: reverted (else `recover` could
+            // never clear the entry)
+            Fault::StopMember { rig_dir, .. } | Fault::RigProcessStop { rig_dir, .. }
+                if !rig_dir.join(crate::rig::STATE_FILE).exists() =>
+            {
                 Ok(())
             }
             Fault::StopMember { rig_dir, member, .. } => {
