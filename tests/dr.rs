@@ -80,6 +80,15 @@ fn a_snapshot_restores_to_its_point_in_time_and_leaves_nothing_behind() {
     assert_eq!(keys(&rig), "", "marker keys left in the cluster");
 }
 
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn after_a_sigkill_the_scratch_member_dies_and_recover_removes_the_directory() {
     let rig = Rig::up(3);
@@ -89,7 +98,7 @@ fn after_a_sigkill_the_scratch_member_dies_and_recover_removes_the_directory() {
     // run that ends before it is seen is repeated, at most five times)
     let mut caught = false;
     for _ in 0..5 {
-        let mut child = Command::new(bin())
+        let child = Command::new(bin())
             .env("TMPDIR", tmp.path())
             .arg("--config")
             .arg(rig.dir().join("target.yaml"))
@@ -100,6 +109,9 @@ fn after_a_sigkill_the_scratch_member_dies_and_recover_removes_the_directory() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // killed even if this test panics: the run and its scratch member go with it
+        let mut child = KillOnDrop(child);
+        let child = &mut child.0;
         let end = Instant::now() + Duration::from_secs(60);
         while Instant::now() < end && child.try_wait().unwrap().is_none() {
             if !scratch_members(tmp.path()).is_empty() {

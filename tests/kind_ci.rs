@@ -70,7 +70,10 @@ fn the_pipelines_publish_the_junit_that_run_sh_writes() {
     // the kubeconfig carries the admin key: never an artifact
     assert!(job["artifacts"]["exclude"].as_array().unwrap().iter().any(|e| e == "hadrill-report/kubeconfig"));
     // nor in GitHub's uploaded artifact: only the reports are listed, not the directory
-    for s in steps.iter().filter(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("actions/upload-artifact"))) {
+    let uploads: Vec<_> =
+        steps.iter().filter(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("actions/upload-artifact"))).collect();
+    assert!(!uploads.is_empty(), "the reports are kept as an artifact");
+    for s in uploads {
         for line in s["with"]["path"].as_str().unwrap().lines().map(str::trim).filter(|l| !l.is_empty()) {
             assert!(
                 line != "hadrill-report/" && line != "hadrill-report" && !line.contains("kubeconfig"),

@@ -315,6 +315,8 @@ fn run_with_its_own_rig_removes_it() {
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(code, 0, "{}", show(code, &so, &se));
     assert!(so.contains("5 passed"), "{so}");
+    // the directory checked is the one the run says it used (else the checks below are vacuous)
+    assert!(se.contains(&format!("rig in {}", dir.display())), "{se}");
     assert!(!dir.exists(), "{} is still there", dir.display());
     assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
     let entries: Vec<_> =

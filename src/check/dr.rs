@@ -173,7 +173,8 @@ mod tests {
     fn a_restore_missing_the_marker_from_before_fails() {
         let mut d = drill();
         d.restored_before = None;
-        assert!(judge(&d).message.contains("lacks /hadrill/r/dr/before"));
+        let c = judge(&d);
+        assert!(!c.passed && c.message.contains("lacks /hadrill/r/dr/before"), "{}", c.message);
         d.restored_before = Some("other".into());
         let c = judge(&d);
         assert!(!c.passed && c.message.contains("expected \"t-1\""), "{}", c.message);
