@@ -116,6 +116,8 @@ pub(super) fn kube_binaries(
         {
             Ok(None)
         }
-        None => Ok(rig::kube::Binaries::on_path()),
+        None => rig::kube::Binaries::on_path().map_err(|e| {
+            Fatal::usage(format!("kube-apiserver is on PATH but kube mode cannot run: {e} (or give --no-kube)"))
+        }),
     }
 }

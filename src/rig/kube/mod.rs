@@ -332,9 +332,15 @@ impl Binaries {
         Ok(Self { dir: bin_dir, controller_manager: look(cm), scheduler: look(sc), apiserver, haproxy, searched })
     }
 
-    /// kube-apiserver (and HAProxy) on PATH: kube mode without `--kube-bin`.
-    pub fn on_path() -> Option<Self> {
-        Self::find(None).ok()
+    /// kube-apiserver (and HAProxy) on PATH: kube mode without `--kube-bin`. No
+    /// kube-apiserver: `Ok(None)` (etcd only); kube-apiserver without what it needs (HAProxy):
+    /// the error naming it, rather than a silent etcd-only rig.
+    pub fn on_path() -> Result<Option<Self>, FindError> {
+        match Self::find(None) {
+            Ok(b) => Ok(Some(b)),
+            Err(FindError::NotOnPath { binary }) if binary == "kube-apiserver" => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The program of `role`; None when it was not found.
