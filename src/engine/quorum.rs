@@ -85,13 +85,18 @@ async fn members(ctx: &RunContext) -> Result<Vec<Member>, StepEnd> {
     let v = crate::probe::etcd::cluster_view(etcd)
         .await
         .map_err(|e| err(format!("cannot read the etcd member list: {e}")))?;
-    Ok(v.members
+    let ms: Vec<Member> = v
+        .members
         .iter()
         .filter_map(|m| {
             let ep = m.client_urls.first()?.trim_end_matches('/').to_string();
             Some(Member { name: if m.name.is_empty() { format!("{:x}", m.id) } else { m.name.clone() }, endpoint: ep })
         })
-        .collect())
+        .collect();
+    if ms.is_empty() {
+        return Err(err("no etcd member advertises a client URL: nothing to probe"));
+    }
+    Ok(ms)
 }
 
 async fn state<'a>(ctx: &RunContext, st: &'a mut CaseState) -> Result<&'a mut QuorumState, StepEnd> {
