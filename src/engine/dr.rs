@@ -110,7 +110,7 @@ async fn drill(
     (ctx.progress)(&st.name, "restoring the snapshot into a scratch member");
     let t = Instant::now();
     let restored = dir.join("restored");
-    let (client_port, peer_port) = (free_port().map_err(err)?, free_port().map_err(err)?);
+    let (client_port, peer_port) = free_ports().map_err(err)?;
     let peer = format!("http://127.0.0.1:{peer_port}");
     let client = format!("http://127.0.0.1:{client_port}");
     run(
@@ -239,11 +239,12 @@ async fn run(prog: &Path, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
+/// Two distinct free loopback ports (both listeners are held until both are known).
+fn free_ports() -> Result<(u16, u16), String> {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"));
+    let (a, b) = (bind()?, bind()?);
+    let port = |l: &std::net::TcpListener| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string());
+    Ok((port(&a)?, port(&b)?))
 }
 
 /// The scratch member: a child of this process that dies with it (parent-death signal), and
