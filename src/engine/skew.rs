@@ -250,6 +250,14 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
     super::certs::with_untested(o, unread)
 }
 
+/// Whether a failed `kubeadm …` on a node means there is no kubeadm there.
+fn kubeadm_missing(status: &str, stderr: &str) -> bool {
+    status == "exit status: 127"
+        || ["kubeadm: not found", "kubeadm: command not found", "executable file not found", "failed to execute kubeadm"]
+            .iter()
+            .any(|w| stderr.contains(w))
+}
+
 async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
     kubecerts::needs_kubeadm(&ctx.target)?;
     let kv = kubecerts::kube_view(ctx, st).await?;
@@ -273,9 +281,9 @@ async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, S
     (ctx.progress)(&st.name, &format!("kubeadm upgrade plan on {node}"));
     let plan_text = match access.exec_with(Some(&kv.client), &["kubeadm", "upgrade", "plan"], NODE_DEADLINE).await {
         Ok(o) => format!("{}\n{}", o.stdout, o.stderr),
-        Err(crate::node::NodeError::Failed { stderr, .. })
-            if stderr.contains("not found") || stderr.contains("No such file") =>
-        {
+        // kubeadm itself missing (exit 127, or the shells', docker's and nsenter's words for
+        // it); not any "not found" (a missing kubeadm-config ConfigMap is kubeadm's own error)
+        Err(crate::node::NodeError::Failed { stderr, status, .. }) if kubeadm_missing(&status, &stderr) => {
             return Err(StepEnd::Skip(format!("needs kubeadm on {node}: {stderr}")))
         }
         Err(e) => {
@@ -314,6 +322,14 @@ async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, S
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_a_missing_kubeadm_is_a_skip() {
+        assert!(kubeadm_missing("exit status: 127", "sh: 1: kubeadm: not found"));
+        assert!(kubeadm_missing("exit status: 126", "OCI runtime exec failed: exec: \"kubeadm\": executable file not found in $PATH"));
+        // kubeadm's own error about its ConfigMap is not "no kubeadm"
+        assert!(!kubeadm_missing("exit status: 1", "[upgrade/config] FATAL: configmaps \"kubeadm-config\" not found"));
+    }
     use super::*;
     use crate::target::discovery::tests::{fixture, fixture_discovery, kubeadm_routes, mock_client, route};
 
