@@ -127,10 +127,14 @@ fn recover_with_a_broken_kubeconfig_says_so_and_does_not_stop() {
     let e = Env::new();
     let kc = e.write("kc", "garbage\n");
     let ledger = e.path("ledger");
-    let (o, shown) = e.hadrill(&["--kubeconfig", kc.to_str().unwrap(), "--ledger", ledger.to_str().unwrap(), "recover"]);
+    let (o, shown) =
+        e.hadrill(&["--kubeconfig", kc.to_str().unwrap(), "--ledger", ledger.to_str().unwrap(), "recover"]);
     assert_eq!(o.status.code(), Some(1), "{shown}");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("nothing to revert") && out.contains("cannot clean up") && out.contains(kc.to_str().unwrap()), "{shown}");
+    assert!(
+        out.contains("nothing to revert") && out.contains("cannot clean up") && out.contains(kc.to_str().unwrap()),
+        "{shown}"
+    );
 }
 
 #[test]

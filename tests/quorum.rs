@@ -494,7 +494,10 @@ fn failover_agrees_with_etcds_own_record_of_the_election() {
     // the client has to leave the dead endpoint and the new leader commit: within one
     // election timeout, not a fixed fraction of a second that a loaded machine misses
     let apart = rig.state.election_timeout_ms as f64 / 1000.0;
-    assert!(failover - election < apart, "first ack {failover:.3}s vs election {election:.3}s: more than {apart}s apart");
+    assert!(
+        failover - election < apart,
+        "first ack {failover:.3}s vs election {election:.3}s: more than {apart}s apart"
+    );
     assert!(
         election >= 0.9 * rig.state.election_timeout_ms as f64 / 1000.0,
         "an election cannot come before the election timeout: {election}"

@@ -588,7 +588,8 @@ fn bring_up_orchestration_with_stand_in_components() {
 /// test below would see leases nobody holds.
 #[test]
 fn the_stand_in_apiserver_answers_leases_only_for_stand_ins_beside_it() {
-    if rig::net::which("python3").is_none() || rig::net::which("openssl").is_none() || rig::net::which("curl").is_none() {
+    if rig::net::which("python3").is_none() || rig::net::which("openssl").is_none() || rig::net::which("curl").is_none()
+    {
         eprintln!(
             "SKIPPED the_stand_in_apiserver_answers_leases_only_for_stand_ins_beside_it: python3, openssl or curl missing (ci/install-deps.sh installs them)"
         );

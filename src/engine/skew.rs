@@ -246,16 +246,22 @@ async fn version_skew(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutco
     }
     // an apiserver whose version could not be read at all is untested: the apiserver rules
     // passing over the others must not read as a pass for every apiserver
-    let unread: Vec<String> = notes.iter().filter(|n| n.starts_with("apiserver ") && n.contains(": version not read: ")).cloned().collect();
+    let unread: Vec<String> =
+        notes.iter().filter(|n| n.starts_with("apiserver ") && n.contains(": version not read: ")).cloned().collect();
     super::certs::with_untested(o, unread)
 }
 
 /// Whether a failed `kubeadm …` on a node means there is no kubeadm there.
 fn kubeadm_missing(status: &str, stderr: &str) -> bool {
     status == "exit status: 127"
-        || ["kubeadm: not found", "kubeadm: command not found", "executable file not found", "failed to execute kubeadm"]
-            .iter()
-            .any(|w| stderr.contains(w))
+        || [
+            "kubeadm: not found",
+            "kubeadm: command not found",
+            "executable file not found",
+            "failed to execute kubeadm",
+        ]
+        .iter()
+        .any(|w| stderr.contains(w))
 }
 
 async fn upgrade(ctx: &RunContext, st: &mut CaseState) -> Result<CheckOutcome, StepEnd> {
@@ -326,7 +332,10 @@ mod tests {
     #[test]
     fn only_a_missing_kubeadm_is_a_skip() {
         assert!(kubeadm_missing("exit status: 127", "sh: 1: kubeadm: not found"));
-        assert!(kubeadm_missing("exit status: 126", "OCI runtime exec failed: exec: \"kubeadm\": executable file not found in $PATH"));
+        assert!(kubeadm_missing(
+            "exit status: 126",
+            "OCI runtime exec failed: exec: \"kubeadm\": executable file not found in $PATH"
+        ));
         // kubeadm's own error about its ConfigMap is not "no kubeadm"
         assert!(!kubeadm_missing("exit status: 1", "[upgrade/config] FATAL: configmaps \"kubeadm-config\" not found"));
     }

@@ -234,8 +234,9 @@ pub async fn delete(client: &Client, node: &str, namespace: &str) -> Result<(), 
 pub async fn delete_all(client: &Client, namespace: &str) -> Result<Vec<String>, NodeError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let sel = format!("{}={},{}={}", LABEL.0, LABEL.1, ROLE_LABEL.0, ROLE_LABEL.1);
-    let list = bounded(&format!("namespace {namespace}"), "list access pods", pods.list(&ListParams::default().labels(&sel)))
-        .await?;
+    let list =
+        bounded(&format!("namespace {namespace}"), "list access pods", pods.list(&ListParams::default().labels(&sel)))
+            .await?;
     // one pod that cannot be deleted does not keep the others (privileged, hostPID) around
     let mut names = Vec::new();
     let mut failures = Vec::new();

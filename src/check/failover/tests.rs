@@ -69,7 +69,11 @@ fn requests_hanging_on_a_dead_backend_are_one_disruption_though_others_succeed()
     assert_eq!(s.len(), 1, "{s:?}");
     assert!(s[0].length() >= Duration::from_secs(19), "{:?}", s[0].length());
     let c = api_available(&ops, t0, t0, ms(t0, 20_000), Duration::from_secs(3));
-    assert!(!c.passed && c.message.contains("unavailable for 19.") && c.message.contains("over a reused connection"), "{}", c.message);
+    assert!(
+        !c.passed && c.message.contains("unavailable for 19.") && c.message.contains("over a reused connection"),
+        "{}",
+        c.message
+    );
 }
 
 #[test]
